@@ -1,0 +1,38 @@
+# zplug developer commands. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+# Torch pins for this project's machines (wheels on local disk); override elsewhere, e.g.
+#   make test TORCH_SPEC="torch torchvision"
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PLUGINS := $(wildcard plugins/zplug-*)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.zplug-installed
+
+.PHONY: install test lint demo bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e $(p))
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check --diff . >/dev/null || $(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(VENV)/bin/zplug explain --demo --out results/demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

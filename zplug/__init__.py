@@ -1,0 +1,66 @@
+"""zplug: Layer-wise Relevance Propagation for PyTorch, declarative and open to plugins.
+
+The public API is imported lazily, so ``import zplug`` stays cheap (no torch import, no
+plugin scan) until a function is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from zplug.errors import (
+    ModelMismatchError,
+    PluginConflictError,
+    PluginLoadError,
+    RelevanceError,
+    SpecError,
+    UnknownNameError,
+    ZplugError,
+)
+from zplug.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "attach_rules": "zplug.engine.attach",
+    "default_registry": "zplug.registry",
+    "PluginRegistry": "zplug.registry",
+    "Rule": "zplug.rules.base",
+    "rule": "zplug.rules",
+    "Sum": "zplug.layers",
+    "stabilize": "zplug.engine.stabilize",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zplug' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = (
+    "ModelMismatchError",
+    "PluginConflictError",
+    "PluginLoadError",
+    "PluginRegistry",
+    "RelevanceError",
+    "Rule",
+    "SpecError",
+    "Sum",
+    "UnknownNameError",
+    "ZplugError",
+    "__version__",
+    "attach_rules",
+    "default_registry",
+    "hookimpl",
+    "rule",
+    "stabilize",
+)

@@ -1,0 +1,196 @@
+"""The hook machinery: a rule's relevance replaces a module's gradient.
+
+While rules are attached, a module's ``forward`` is replaced by a :class:`Binding`. When
+gradients are needed, the binding runs the original forward inside a custom
+``torch.autograd.Function`` whose backward asks the rule for the input relevance. Each
+call records its own inputs, so a module called twice gets two independent relevance
+computations, and every tensor argument (positional or keyword) gets its own relevance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from zplug.engine.ops import LayerOp, inside_rule, op_for, params_of, rule_computation
+from zplug.errors import RelevanceError
+
+if TYPE_CHECKING:
+    from zplug.rules.base import Rule
+
+#: Observer signature: ``(binding, call, grad_outputs, relevance)``; see :attr:`Binding.observers`.
+Observer = Callable[["Binding", "LayerCall", tuple, tuple], None]
+
+
+class _ArgSpec:
+    """Where the tensor inputs sit in a call's ``args``/``kwargs``."""
+
+    __slots__ = ("args", "kwargs", "slots")
+
+    def __init__(self, args: tuple, kwargs: dict) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.slots: list[int | str] = [i for i, a in enumerate(args) if _is_input(a)]
+        self.slots += [k for k, v in kwargs.items() if _is_input(v)]
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return tuple(self.args[s] if isinstance(s, int) else self.kwargs[s] for s in self.slots)
+
+    def rebuild(self, tensors: tuple[torch.Tensor, ...]) -> tuple[tuple, dict]:
+        args, kwargs = list(self.args), dict(self.kwargs)
+        for slot, tensor in zip(self.slots, tensors):
+            if isinstance(slot, int):
+                args[slot] = tensor
+            else:
+                kwargs[slot] = tensor
+        return tuple(args), kwargs
+
+
+def _is_input(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+class LayerCall:
+    """Everything a rule may use about one call of its module, during the backward pass.
+
+    Attributes
+    ----------
+    module : torch.nn.Module
+        The module.
+    name : str
+        Its name in the model.
+    inputs : tuple of torch.Tensor
+        The floating-point tensor arguments, positional first, then keyword.
+    args, kwargs
+        The call's arguments (tensors included).
+    """
+
+    def __init__(self, binding: Binding, spec: _ArgSpec, inputs: tuple[torch.Tensor, ...], saved_outputs: tuple) -> None:
+        self.binding = binding
+        self.module = binding.module
+        self.name = binding.name
+        self.inputs = inputs
+        self.args, self.kwargs = spec.rebuild(inputs)
+        self._spec = spec
+        self._saved_outputs = saved_outputs
+        self._op: LayerOp | None = None
+
+    @property
+    def op(self) -> LayerOp:
+        """The module as an operator of its inputs and parameters (see :mod:`zplug.engine.ops`)."""
+        if self._op is None:
+            self._op = op_for(self.module, self.args, self.kwargs, self.binding.original_forward, self._spec.rebuild)
+        return self._op
+
+    def params(self) -> dict[str, torch.Tensor | None]:
+        """The module's direct parameters by name (as canonizers present them)."""
+        return params_of(self.module)
+
+    @property
+    def output(self) -> torch.Tensor:
+        """The module's output of the forward pass (recomputed if it was modified in place since).
+
+        Under ``create_graph`` it is recomputed from the inputs, so that the relevance is
+        differentiable through it.
+        """
+        outputs = self.outputs
+        if len(outputs) != 1:
+            raise RelevanceError(f"layer '{self.name}' returned {len(outputs)} tensors; this rule needs exactly one")
+        return outputs[0]
+
+    @property
+    def outputs(self) -> tuple[torch.Tensor, ...]:
+        """All tensor outputs of the forward pass."""
+        stale = any(t is not None and t._version != v for t, v in self._saved_outputs)
+        if stale or torch.is_grad_enabled():
+            with rule_computation():
+                out = self.binding.original_forward(*self.args, **self.kwargs)
+            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        return tuple(t for t, _ in self._saved_outputs)
+
+
+class _RuleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, binding: Binding, spec: _ArgSpec, *tensors: torch.Tensor):
+        args, kwargs = spec.rebuild(tensors)
+        output = binding.original_forward(*args, **kwargs)
+        outs = output if isinstance(output, tuple) else (output,)
+        if not all(isinstance(o, torch.Tensor) for o in outs):
+            raise RelevanceError(
+                f"layer '{binding.name}' (rule '{binding.rule.name}') returned {type(output).__name__}; "
+                "rules need a tensor or a tuple of tensors as output"
+            )
+        ctx.binding = binding
+        ctx.spec = spec
+        ctx.save_for_backward(*tensors)
+        # Outputs are kept detached (no reference cycle); their version tells if they were changed in place.
+        ctx.outputs = tuple((o.detach(), o._version) for o in outs)
+        return output
+
+    @staticmethod
+    def backward(ctx, *grad_outputs: torch.Tensor):
+        binding: Binding = ctx.binding
+        try:
+            inputs = ctx.saved_tensors
+        except RuntimeError as exc:
+            raise RelevanceError(
+                f"the input of layer '{binding.name}' was modified in place after its forward pass "
+                f"({exc.args[0].splitlines()[0]}); avoid in-place operations on it or use a canonizer"
+            ) from None
+        call = LayerCall(binding, ctx.spec, inputs, ctx.outputs)
+        with rule_computation():
+            relevance = tuple(binding.rule.backward(call, grad_outputs))
+        if len(relevance) != len(inputs):
+            raise RelevanceError(
+                f"rule '{binding.rule.name}' on layer '{binding.name}' returned {len(relevance)} relevance tensors "
+                f"for {len(inputs)} inputs"
+            )
+        for rel, x in zip(relevance, inputs):
+            if rel is not None and rel.shape != x.shape:
+                raise RelevanceError(
+                    f"rule '{binding.rule.name}' on layer '{binding.name}' returned relevance of shape "
+                    f"{tuple(rel.shape)} for an input of shape {tuple(x.shape)}"
+                )
+        for observer in binding.observers:
+            observer(binding, call, grad_outputs, relevance)
+        return (None, None, *relevance)
+
+
+class Binding:
+    """A rule attached to one module; it stands in for the module's ``forward``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The module.
+    name : str
+        Its name in the model (for messages and mappings).
+    rule : Rule
+        The rule that computes the module's relevance.
+    original_forward : Callable
+        The forward to run (the module's own, or one a canonizer installed).
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str, rule: Rule, original_forward: Callable[..., Any]) -> None:
+        self.module = module
+        self.name = name
+        self.rule = rule
+        self.original_forward = original_forward
+        self.observers: list[Observer] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if inside_rule() or not torch.is_grad_enabled():
+            return self.original_forward(*args, **kwargs)
+        spec = _ArgSpec(args, kwargs)
+        tensors = spec.tensors()
+        if not any(t.requires_grad for t in tensors):
+            return self.original_forward(*args, **kwargs)
+        return _RuleFunction.apply(self, spec, *tensors)
+
+    def __repr__(self) -> str:
+        return f"<Binding {self.name!r}: {self.rule!r}>"
+
+
+__all__ = ("Binding", "LayerCall", "Observer")

@@ -1,0 +1,57 @@
+"""Stabilised division, with Zennit's sign convention (0 counts as positive)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from numbers import Real
+
+import torch
+
+StabilizerLike = float | Callable[[torch.Tensor], torch.Tensor]
+
+
+def stabilize(
+    z: torch.Tensor,
+    epsilon: float = 1e-6,
+    *,
+    clip: bool = False,
+    norm_scale: bool = False,
+    dim: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Move ``z`` away from zero so that it can divide.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        The denominator.
+    epsilon : float
+        Added with the sign of each entry (``+epsilon`` for zeros).
+    clip : bool
+        Instead of adding, clip ``|z|`` from below at ``epsilon`` (keeping the sign).
+    norm_scale : bool
+        Scale ``epsilon`` by the root mean square of ``z`` over ``dim``.
+    dim : tuple of int or None
+        Dimensions for ``norm_scale``; all but the first by default.
+
+    Returns
+    -------
+    torch.Tensor
+        The stabilised denominator (a new tensor).
+    """
+    sign = (z == 0).to(z) + z.sign()
+    if norm_scale:
+        dims = tuple(range(1, z.ndim)) if dim is None else dim
+        epsilon = epsilon * (z**2).mean(dim=dims, keepdim=True) ** 0.5
+    if clip:
+        return sign * z.abs().clip(min=epsilon)
+    return z + sign * epsilon
+
+
+def apply_stabilizer(stabilizer: StabilizerLike, z: torch.Tensor) -> torch.Tensor:
+    """Stabilise ``z`` with a float (``stabilize(z, value)``) or a callable ``f(z) -> z'``."""
+    if isinstance(stabilizer, Real):
+        return stabilize(z, float(stabilizer))
+    return stabilizer(z)
+
+
+__all__ = ("StabilizerLike", "apply_stabilizer", "stabilize")

@@ -1,0 +1,38 @@
+"""Modules that make functional operations visible to rules."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Sum(torch.nn.Module):
+    """Add tensors, so that a rule (usually ``norm``) can distribute relevance over the summands.
+
+    Called with one tensor, it sums over ``dim`` (Zennit's convention: summands stacked on
+    the last dimension). Called with several tensors, it adds them (with broadcasting);
+    zplug then attributes relevance to each summand separately.
+
+    Parameters
+    ----------
+    dim : int
+        The dimension to sum over when called with a single tensor.
+    """
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Return the sum over ``dim`` of one tensor, or the sum of several tensors."""
+        if len(inputs) == 1:
+            return torch.sum(inputs[0], dim=self.dim)
+        total = inputs[0]
+        for other in inputs[1:]:
+            total = total + other
+        return total
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+__all__ = ("Sum",)

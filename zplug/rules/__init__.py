@@ -1,0 +1,41 @@
+"""Rules: how a layer distributes the relevance of its outputs over its inputs."""
+
+from zplug.rules.base import Rule, make_rule, parameter, parameter_info
+from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
+from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+
+
+def rule(name: str, **params):
+    """Build a registered rule by name: ``rule("epsilon", epsilon=0.25)``.
+
+    Raises
+    ------
+    UnknownNameError
+        If no plugin registered ``name`` (the message suggests the nearest name).
+    SpecError
+        If a parameter is unknown, missing or invalid.
+    """
+    from zplug.registry import default_registry
+
+    return make_rule(default_registry().rules[name], params)
+
+
+__all__ = (
+    "AlphaBeta",
+    "Epsilon",
+    "Flat",
+    "Gamma",
+    "Norm",
+    "Pass",
+    "ReLUBetaSmooth",
+    "ReLUDeconvNet",
+    "ReLUGuidedBackprop",
+    "Rule",
+    "WSquare",
+    "ZBox",
+    "ZPlus",
+    "make_rule",
+    "parameter",
+    "parameter_info",
+    "rule",
+)

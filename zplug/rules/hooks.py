@@ -1,0 +1,24 @@
+"""Registers zplug's built-in rules through the plugin hook (like any third-party plugin)."""
+
+from zplug.hookspecs import hookimpl
+from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
+from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+
+
+@hookimpl
+def zplug_register_rules():
+    """Register the LRP and element-wise rules."""
+    return [
+        Epsilon,
+        ZPlus,
+        AlphaBeta,
+        Gamma,
+        ZBox,
+        Flat,
+        WSquare,
+        Pass,
+        Norm,
+        ReLUDeconvNet,
+        ReLUGuidedBackprop,
+        ReLUBetaSmooth,
+    ]

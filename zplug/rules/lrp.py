@@ -1,0 +1,319 @@
+"""LRP rules for layers that are linear in their input (dense, convolution, pooling, sums).
+
+The arithmetic follows Zennit 0.5.1 term by term (see docs/zennit-differences.md for the
+few deliberate differences), but each term is one explicit operator call: the layer's
+stored output replaces Zennit's re-run of the forward pass where the math allows, and
+terms that vanish because the input has no negative entries are skipped (they add exact
+zeros, so the numbers do not change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import torch
+
+from zplug.engine.stabilize import apply_stabilizer
+from zplug.errors import RelevanceError
+from zplug.rules.base import (
+    Rule,
+    names,
+    non_negative,
+    non_negative_or_callable,
+    number_or_tensor,
+    parameter,
+    to_names,
+)
+
+if TYPE_CHECKING:
+    from zplug.engine.function import LayerCall
+
+Tensors = tuple[torch.Tensor, ...]
+ParamMap = dict[str, torch.Tensor | None]
+
+
+def _modify(params: ParamMap, fn: Callable[[torch.Tensor], torch.Tensor], zero: tuple[str, ...] = ()) -> ParamMap:
+    """Apply ``fn`` to every parameter; parameters named in ``zero`` become zeros."""
+    return {k: None if v is None else (torch.zeros_like(v) if k in zero else fn(v)) for k, v in params.items()}
+
+
+def _same(p: torch.Tensor) -> torch.Tensor:
+    return p
+
+
+def _positive(p: torch.Tensor) -> torch.Tensor:
+    return p.clamp(min=0)
+
+
+def _negative(p: torch.Tensor) -> torch.Tensor:
+    return p.clamp(max=0)
+
+
+def _no_bias(zero: tuple[str, ...]) -> tuple[str, ...]:
+    return zero if "bias" in zero else (*zero, "bias")
+
+
+def _relevance_out(call: LayerCall, grad_outputs: Tensors, rule: str) -> torch.Tensor:
+    if len(grad_outputs) != 1:
+        raise RelevanceError(f"rule '{rule}' needs a layer with one output; '{call.name}' has {len(grad_outputs)}")
+    return grad_outputs[0]
+
+
+def _non_negative(xs: Tensors) -> bool:
+    return all(not bool((x < 0).any()) for x in xs)
+
+
+def _add(a: Tensors, b: Tensors) -> Tensors:
+    return tuple(p + q for p, q in zip(a, b))
+
+
+def _mul(a: Tensors, b: Tensors) -> Tensors:
+    return tuple(p * q for p, q in zip(a, b))
+
+
+_STABILIZER_DOC = "added to the denominator with its sign (a number), or a callable f(z) -> stabilised z"
+_ZERO_DOC = "names of parameters set to zero, e.g. [\"bias\"]"
+
+
+def _stabilizer(default: float = 1e-6):
+    return parameter(default, doc=_STABILIZER_DOC, kind="number >= 0", check=non_negative_or_callable)
+
+
+def _zero_params():
+    return parameter((), doc=_ZERO_DOC, kind="list of names", check=names, converter=to_names)
+
+
+@attrs.frozen(kw_only=True)
+class Epsilon(Rule):
+    """LRP-epsilon: ``R_i = x_i sum_j w_ji R_j / (z_j + eps sign(z_j))``; ``epsilon=0`` is LRP-0."""
+
+    name = "epsilon"
+    summary = "LRP-epsilon: proportional to the contributions, epsilon absorbs weak ones"
+    epsilon: float = parameter(1e-6, doc=_STABILIZER_DOC, kind="number >= 0", check=non_negative_or_callable)
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        xs, params = call.inputs, call.params()
+        if self.zero_params:
+            params = _modify(params, _same, self.zero_params)
+            z = call.op.forward(xs, params)
+        else:
+            z = call.output
+        scaled = relevance / apply_stabilizer(self.epsilon, z)
+        return _mul(xs, call.op.transpose(scaled, xs, params))
+
+
+@attrs.frozen(kw_only=True)
+class Norm(Rule):
+    """Proportional split without parameters (sums, average pooling): ``R_i = x_i dz/dx_i R / z``."""
+
+    name = "norm"
+    summary = "proportional split by contribution, for parameter-free layers (Sum, AvgPool)"
+    stabilizer: float = _stabilizer()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        xs, params = call.inputs, call.params()
+        scaled = relevance / apply_stabilizer(self.stabilizer, call.output)
+        return _mul(xs, call.op.transpose(scaled, xs, params))
+
+
+@attrs.frozen(kw_only=True)
+class ZPlus(Rule):
+    """LRP-z+: only positive contributions (``x+ w+`` and ``x- w-``) count; equals alpha_beta(1, 0)."""
+
+    name = "zplus"
+    summary = "LRP-z+: distribute by positive contributions only"
+    stabilizer: float = _stabilizer()
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        xs, op, params = call.inputs, call.op, call.params()
+        pos = _modify(params, _positive, self.zero_params)
+        x_pos = tuple(x.clamp(min=0) for x in xs)
+        if _non_negative(xs):  # the x- terms are exact zeros
+            scaled = relevance / apply_stabilizer(self.stabilizer, op.forward(x_pos, pos))
+            return _mul(x_pos, op.transpose(scaled, x_pos, pos))
+        neg = _modify(params, _negative, _no_bias(self.zero_params))
+        x_neg = tuple(x.clamp(max=0) for x in xs)
+        z = op.forward(x_pos, pos) + op.forward(x_neg, neg)
+        scaled = relevance / apply_stabilizer(self.stabilizer, z)
+        return _add(_mul(x_pos, op.transpose(scaled, x_pos, pos)), _mul(x_neg, op.transpose(scaled, x_neg, neg)))
+
+
+def _check_alpha_beta(instance: AlphaBeta, attribute, value) -> None:
+    if instance.alpha - instance.beta != 1:
+        from zplug.errors import SpecError
+
+        raise SpecError(
+            f"parameters alpha and beta must satisfy alpha - beta = 1 (got alpha={instance.alpha}, beta={instance.beta})"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class AlphaBeta(Rule):
+    """LRP-alpha-beta: ``alpha`` times the positive share minus ``beta`` times the negative share."""
+
+    name = "alpha_beta"
+    summary = "LRP-alpha-beta: weigh positive (alpha) against negative (beta) contributions"
+    alpha: float = parameter(2.0, doc="weight of positive contributions", kind="number >= 0", check=non_negative)
+    beta: float = parameter(1.0, doc="weight of negative contributions (alpha - beta = 1)", kind="number >= 0",
+                            check=non_negative)
+    stabilizer: float = _stabilizer()
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def __attrs_post_init__(self) -> None:
+        _check_alpha_beta(self, None, None)
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        xs, op, params = call.inputs, call.op, call.params()
+        stab = self.stabilizer
+        pos = _modify(params, _positive, self.zero_params)
+        neg = _modify(params, _negative, self.zero_params)
+        x_pos = tuple(x.clamp(min=0) for x in xs)
+        if _non_negative(xs):
+            s_pos = relevance / apply_stabilizer(stab, op.forward(x_pos, pos))
+            s_neg = relevance / apply_stabilizer(stab, op.forward(x_pos, neg))
+            r_pos = _mul(x_pos, op.transpose(s_pos, x_pos, pos))
+            r_neg = _mul(x_pos, op.transpose(s_neg, x_pos, neg))
+        else:
+            x_neg = tuple(x.clamp(max=0) for x in xs)
+            pos_nb = _modify(params, _positive, _no_bias(self.zero_params))
+            neg_nb = _modify(params, _negative, _no_bias(self.zero_params))
+            s_pos = relevance / apply_stabilizer(stab, op.forward(x_pos, pos) + op.forward(x_neg, neg_nb))
+            s_neg = relevance / apply_stabilizer(stab, op.forward(x_pos, neg) + op.forward(x_neg, pos_nb))
+            r_pos = _add(_mul(x_pos, op.transpose(s_pos, x_pos, pos)), _mul(x_neg, op.transpose(s_pos, x_neg, neg_nb)))
+            r_neg = _add(_mul(x_pos, op.transpose(s_neg, x_pos, neg)), _mul(x_neg, op.transpose(s_neg, x_neg, pos_nb)))
+        return tuple(self.alpha * p - self.beta * n for p, n in zip(r_pos, r_neg))
+
+
+@attrs.frozen(kw_only=True)
+class Gamma(Rule):
+    """Generalised LRP-gamma: favour contributions of the output's sign by ``gamma``."""
+
+    name = "gamma"
+    summary = "LRP-gamma: favour contributions of the output's sign"
+    gamma: float = parameter(0.25, doc="how much contributions of the output's sign are favoured", kind="number >= 0",
+                             check=non_negative)
+    stabilizer: float = _stabilizer()
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        xs, op, params = call.inputs, call.op, call.params()
+        gamma, stab = self.gamma, self.stabilizer
+        z = call.output  # the gate uses the unmodified output, bias included
+
+        def up(p: torch.Tensor) -> torch.Tensor:
+            return p + gamma * p.clamp(min=0)
+
+        def down(p: torch.Tensor) -> torch.Tensor:
+            return p + gamma * p.clamp(max=0)
+
+        w_up, w_down = _modify(params, up, self.zero_params), _modify(params, down, self.zero_params)
+        x_pos = tuple(x.clamp(min=0) for x in xs)
+        if _non_negative(xs):
+            s_pos = (z > 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_up))
+            s_neg = (z < 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_down))
+            return _add(_mul(x_pos, op.transpose(s_pos, x_pos, w_up)), _mul(x_pos, op.transpose(s_neg, x_pos, w_down)))
+        x_neg = tuple(x.clamp(max=0) for x in xs)
+        up_nb = _modify(params, up, _no_bias(self.zero_params))
+        down_nb = _modify(params, down, _no_bias(self.zero_params))
+        s_pos = (z > 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_up) + op.forward(x_neg, down_nb))
+        s_neg = (z < 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_down) + op.forward(x_neg, up_nb))
+        terms = (
+            _mul(x_pos, op.transpose(s_pos, x_pos, w_up)),
+            _mul(x_neg, op.transpose(s_pos, x_neg, down_nb)),
+            _mul(x_pos, op.transpose(s_neg, x_pos, w_down)),
+            _mul(x_neg, op.transpose(s_neg, x_neg, up_nb)),
+        )
+        return tuple(a + b + c + d for a, b, c, d in zip(*terms))
+
+
+def _bound(value: float | torch.Tensor, x: torch.Tensor, which: str, layer: str) -> torch.Tensor:
+    """Broadcast a z-box bound to the input's shape (scalars, per-channel or per-pixel tensors)."""
+    bound = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    shape = tuple(x.shape)
+    if 0 < bound.ndim <= x.ndim and bound.shape[0] > shape[0] and bound.ndim > 1:
+        bound = bound[: shape[0]]  # a bound made for a larger batch
+    if 0 < bound.ndim < x.ndim:
+        bound = bound.reshape(*bound.shape, *([1] * (x.ndim - bound.ndim)))
+    try:
+        return bound.expand(shape)
+    except RuntimeError:
+        raise RelevanceError(
+            f"zbox bound '{which}' of shape {tuple(torch.as_tensor(value).shape)} does not fit the input of layer "
+            f"'{layer}' of shape {shape}; use a number, a (1, C, 1, 1) tensor or a tensor of the input's shape"
+        ) from None
+
+
+@attrs.frozen(kw_only=True)
+class ZBox(Rule):
+    """LRP-z^B for bounded inputs (usually the first layer): ``low <= x <= high``."""
+
+    name = "zbox"
+    summary = "LRP-zB: for the input layer, with the lowest and highest input values"
+    low: float | torch.Tensor = parameter(doc="lowest possible input value (number or tensor)",
+                                          kind="number or tensor", check=number_or_tensor)
+    high: float | torch.Tensor = parameter(doc="highest possible input value (number or tensor)",
+                                           kind="number or tensor", check=number_or_tensor)
+    stabilizer: float = _stabilizer()
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        xs, op, params = call.inputs, call.op, call.params()
+        lows = tuple(_bound(self.low, x, "low", call.name) for x in xs)
+        highs = tuple(_bound(self.high, x, "high", call.name) for x in xs)
+        plain = _modify(params, _same, self.zero_params)
+        pos = _modify(params, _positive, self.zero_params)
+        neg = _modify(params, _negative, self.zero_params)
+        z_x = op.forward(xs, plain) if self.zero_params else call.output
+        z = z_x - (op.forward(lows, pos) + op.forward(highs, neg))
+        scaled = relevance / apply_stabilizer(self.stabilizer, z)
+        r_x = _mul(xs, op.transpose(scaled, xs, plain))
+        r_low = _mul(lows, op.transpose(scaled, lows, pos))
+        r_high = _mul(highs, op.transpose(scaled, highs, neg))
+        return tuple(a - (b + c) for a, b, c in zip(r_x, r_low, r_high))
+
+
+@attrs.frozen(kw_only=True)
+class WSquare(Rule):
+    """LRP-w^2: distribute by squared weights, independent of the input."""
+
+    name = "wsquare"
+    summary = "LRP-w2: distribute by squared weights (input-independent)"
+    stabilizer: float = _stabilizer()
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        ones = tuple(torch.ones_like(x) for x in call.inputs)
+        squared = _modify(call.params(), torch.square, self.zero_params)
+        scaled = relevance / apply_stabilizer(self.stabilizer, call.op.forward(ones, squared))
+        return call.op.transpose(scaled, ones, squared)
+
+
+@attrs.frozen(kw_only=True)
+class Flat(Rule):
+    """LRP-flat: distribute uniformly over each output's receptive field."""
+
+    name = "flat"
+    summary = "LRP-flat: distribute uniformly over the receptive field"
+    stabilizer: float = _stabilizer()
+    zero_params: tuple[str, ...] = _zero_params()
+
+    def backward(self, call, grad_outputs):
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        ones = tuple(torch.ones_like(x) for x in call.inputs)
+        flat = _modify(call.params(), torch.ones_like, _no_bias(self.zero_params))
+        scaled = relevance / apply_stabilizer(self.stabilizer, call.op.forward(ones, flat))
+        return call.op.transpose(scaled, ones, flat)
+
+
+__all__ = ("AlphaBeta", "Epsilon", "Flat", "Gamma", "Norm", "WSquare", "ZBox", "ZPlus")
