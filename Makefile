@@ -26,7 +26,6 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check --diff . >/dev/null || $(VENV)/bin/ruff check .
 
 demo: $(STAMP)
 	$(VENV)/bin/zplug explain --demo --out results/demo

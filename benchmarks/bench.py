@@ -1,0 +1,310 @@
+"""Benchmark zplug against Zennit 0.5.1 (and a plain gradient) in one process, interleaved.
+
+Usage::
+
+    python benchmarks/bench.py                      # every case, 5 rounds, memory probes, writes docs/benchmarks.md
+    python benchmarks/bench.py --cases mlp:1,vgg16:1 --rounds 3 --no-memory --out -
+
+Method (see docs/benchmarks.md for the discussion):
+
+* Timing: for each case, every variant (gradient, then zplug and Zennit for each preset) is run once to
+  warm up; then ``--rounds`` rounds run every variant once, rotating the order each round
+  (A B C, B C A, ...), so drift and after-effects spread over all variants. Each call is timed
+  with ``perf_counter`` after ``gc.collect()``; the table shows the median.
+* A zplug call is ``with mapping.applied(model)`` + forward + ``autograd.grad`` (the mapping is resolved
+  once, as a user would); a Zennit call is ``with composite.context(model)`` + forward + ``autograd.grad``.
+  Both request the input relevance only, with the one-hot output (times the logit) as output relevance.
+  The gradient baseline is ``autograd.grad(logits, x, onehot)``.
+* Memory: one fresh subprocess per variant runs one warm-up call, trims the heap (``malloc_trim``),
+  resets the kernel's high-water mark (``/proc/self/clear_refs``), runs one call and reports
+  ``VmHWM - VmRSS`` before the call: the extra resident memory the call needed at its peak.
+* Agreement: max |R_zplug - R_zennit| / max |R_zennit| on the same model and input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESETS = ("epsilon_gamma_box", "epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon")
+DEFAULT_CASES = ("mlp:1", "mlp:256", "vgg16:1", "resnet50:1", "vgg16:8", "resnet50:8")
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+EPSILON_PRESET = ROOT / "benchmarks" / "epsilon.toml"
+
+
+# -- models --------------------------------------------------------------------------------------
+def build_model(arch: str) -> torch.nn.Module:
+    """Random-weight model with randomised BatchNorm statistics (fixed seed)."""
+    torch.manual_seed(0)
+    if arch == "mlp":
+        model = torch.nn.Sequential(
+            torch.nn.Linear(1024, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024), torch.nn.ReLU(),
+            torch.nn.Linear(1024, 10),
+        )  # fmt: skip
+    else:
+        import torchvision
+
+        model = getattr(torchvision.models, arch)(weights=None)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def build_input(arch: str, batch: int) -> torch.Tensor:
+    torch.manual_seed(1)
+    if arch == "mlp":
+        return torch.randn(batch, 1024)
+    return ((torch.rand(batch, 3, 224, 224) - IMAGENET_MEAN) / IMAGENET_STD).contiguous()
+
+
+def bounds(arch: str) -> dict[str, torch.Tensor | float]:
+    if arch == "mlp":
+        return {"low": -4.0, "high": 4.0}
+    return {"low": (0 - IMAGENET_MEAN) / IMAGENET_STD, "high": (1 - IMAGENET_MEAN) / IMAGENET_STD}
+
+
+# -- variants --------------------------------------------------------------------------------------
+def output_relevance(output: torch.Tensor) -> torch.Tensor:
+    onehot = torch.zeros_like(output)
+    onehot[torch.arange(len(output)), output.argmax(1)] = 1
+    return output * onehot
+
+
+def gradient_call(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    def call() -> torch.Tensor:
+        inp = x.detach().requires_grad_()
+        out = model(inp)
+        onehot = torch.zeros_like(out)
+        onehot[torch.arange(len(out)), out.argmax(1)] = 1
+        (grad,) = torch.autograd.grad(out, inp, onehot)
+        return grad
+
+    return call
+
+
+def zplug_call(model: torch.nn.Module, x: torch.Tensor, arch: str, preset: str) -> Callable[[], torch.Tensor]:
+    import zplug
+
+    name = str(EPSILON_PRESET) if preset == "epsilon" else preset
+    params = bounds(arch) if preset == "epsilon_gamma_box" else {}
+    mapping = zplug.resolve(model, name, **params)
+
+    def call() -> torch.Tensor:
+        inp = x.detach().requires_grad_()
+        with mapping.applied(model) as hooked:
+            out = hooked(inp)
+            (rel,) = torch.autograd.grad(out, inp, output_relevance(out))
+        return rel
+
+    return call
+
+
+def zennit_call(model: torch.nn.Module, x: torch.Tensor, arch: str, preset: str) -> Callable[[], torch.Tensor]:
+    from zennit.composites import COMPOSITES, LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon
+    from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+    from zennit.types import Convolution
+
+    canonizers = [ResNetCanonizer()] if arch.startswith("resnet") else [VGGCanonizer()] if arch != "mlp" else []
+    if preset == "epsilon":
+        layer_map = layer_map_base() + [(Convolution, Epsilon()), (torch.nn.Linear, Epsilon())]
+        composite = LayerMapComposite(layer_map=layer_map, canonizers=canonizers)
+    else:
+        params = bounds(arch) if preset == "epsilon_gamma_box" else {}
+        composite = COMPOSITES[preset](canonizers=canonizers, **params)
+
+    def call() -> torch.Tensor:
+        inp = x.detach().requires_grad_()
+        with composite.context(model) as hooked:
+            out = hooked(inp)
+            (rel,) = torch.autograd.grad(out, inp, output_relevance(out))
+        return rel
+
+    return call
+
+
+def make_variants(arch: str, batch: int, presets: tuple[str, ...]) -> dict[str, Callable[[], torch.Tensor]]:
+    model, x = build_model(arch), build_input(arch, batch)
+    variants = {"gradient": gradient_call(model, x)}
+    for preset in presets:
+        variants[f"zplug {preset}"] = zplug_call(model, x, arch, preset)
+        variants[f"zennit {preset}"] = zennit_call(model, x, arch, preset)
+    return variants
+
+
+# -- measurement --------------------------------------------------------------------------------------
+def time_case(variants: dict[str, Callable[[], torch.Tensor]], rounds: int) -> dict[str, list[float]]:
+    names = list(variants)
+    for name in names:  # warm-up
+        variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            gc.collect()
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def agreement(variants: dict[str, Callable[[], torch.Tensor]], presets: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for preset in presets:
+        ours, theirs = variants[f"zplug {preset}"](), variants[f"zennit {preset}"]()
+        out[preset] = float((ours - theirs).abs().max() / theirs.abs().max().clamp(min=1e-30))
+    return out
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def memory_probe(arch: str, batch: int, variant: str) -> int:
+    """Peak extra resident memory (bytes) of one call, measured in this (fresh) process."""
+    presets = tuple(p for p in PRESETS if variant.endswith(" " + p))
+    variants = make_variants(arch, batch, presets)
+    call = variants[variant]
+    call()
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    call()
+    return _status("VmHWM") - before
+
+
+def memory_case(arch: str, batch: int, names: list[str]) -> dict[str, float]:
+    out = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--memory-probe", f"{arch}:{batch}", name]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            print(result.stderr[-2000:], file=sys.stderr)
+            out[name] = float("nan")
+            continue
+        out[name] = json.loads(result.stdout.strip().splitlines()[-1])["bytes"] / 2**20
+    return out
+
+
+# -- report --------------------------------------------------------------------------------------
+def render(results: list[dict], meta: dict) -> str:
+    lines = [
+        "# Benchmarks: zplug vs Zennit 0.5.1",
+        "",
+        f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; "
+        f"{meta['rounds']} interleaved rounds per case after one warm-up call each; median wall time.",
+        "Produced by `make bench` (`benchmarks/bench.py`); see the script's docstring for the method.",
+        "",
+        "| case | preset | zplug | Zennit | zplug / Zennit | zplug / gradient | Zennit / gradient "
+        "| zplug mem | Zennit mem | gradient mem | max rel. diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        grad = statistics.median(res["times"]["gradient"])
+        for preset in res["presets"]:
+            ours = statistics.median(res["times"][f"zplug {preset}"])
+            theirs = statistics.median(res["times"][f"zennit {preset}"])
+            mem = res.get("memory", {})
+
+            def fmt_mem(name: str) -> str:
+                value = mem.get(name)
+                return "–" if value is None else f"{value:.0f} MB"
+
+            lines.append(
+                f"| {res['case']} | {preset} | {_fmt_time(ours)} | {_fmt_time(theirs)} | **{ours / theirs:.2f}** | "
+                f"{ours / grad:.2f} | {theirs / grad:.2f} | {fmt_mem(f'zplug {preset}')} | "
+                f"{fmt_mem(f'zennit {preset}')} | {fmt_mem('gradient')} | {res['agreement'][preset]:.1e} |"
+            )
+        lines.append(f"| {res['case']} | (gradient) | {_fmt_time(grad)} | | | 1 | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated arch:batch")
+    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or - for stdout")
+    parser.add_argument("--json", default=None, help="also write raw results as JSON")
+    parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_probe:
+        arch, batch = args.memory_probe[0].split(":")
+        print(json.dumps({"bytes": memory_probe(arch, int(batch), args.memory_probe[1])}))
+        return 0
+
+    presets = tuple(p for p in args.presets.split(",") if p)
+    results = []
+    for case in args.cases.split(","):
+        arch, batch = case.split(":")
+        variants = make_variants(arch, int(batch), presets)
+        res = {"case": case, "presets": presets, "agreement": agreement(variants, presets)}
+        res["times"] = time_case(variants, args.rounds)
+        del variants
+        gc.collect()
+        if not args.no_memory:
+            res["memory"] = memory_case(arch, int(batch), list(res["times"]))
+        results.append(res)
+        print(render([res], _meta(args)).split("\n", 7)[-1], flush=True)
+    text = render(results, _meta(args))
+    if args.out == "-":
+        print(text)
+    else:
+        Path(args.out).write_text(text + _notes())
+        print(f"wrote {args.out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _meta(args: argparse.Namespace) -> dict:
+    return {
+        "machine": f"{os.cpu_count()} CPU cores ({_cpu_name()})",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def _notes() -> str:
+    path = ROOT / "benchmarks" / "NOTES.md"
+    return "\n" + path.read_text() if path.exists() else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
