@@ -12,9 +12,11 @@ selects that plugin's registration when two plugins use the same name.
 zplug's own rules, layer types and presets are registered through exactly these
 hooks by the built-in plugin modules listed in :data:`zplug.registry.BUILTIN_PLUGINS`.
 
-Registration hooks take no arguments and return declarations. Hook wrappers are not
-supported on them: the registry calls each implementation on its own so that it can
-record which plugin supplied what.
+Registration hooks take no arguments and return declarations. Hook wrappers and
+``tryfirst``/``trylast`` have no effect on them: the registry calls each implementation on
+its own, so that it can record which plugin supplied what, and a hook that raises marks
+only its own plugin as broken. Implementations may accept fewer arguments than a hook's
+specification (pluggy's opt-in arguments), never others.
 """
 
 from __future__ import annotations
@@ -36,72 +38,86 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
-@hookspec
-def zplug_register_rules() -> Sequence[type]:
-    """Return rule classes (subclasses of :class:`zplug.rules.Rule`).
+# -- registration hooks: return declarations; the registry records which plugin made each ------------
 
-    Each class sets a unique ``name`` class attribute; presets and
-    :func:`zplug.rules.make_rule` refer to the rule by it (``rule = "epsilon"``).
-    The class's attrs fields are its parameters, validated on construction.
-    Return an empty sequence or ``None`` to register nothing.
+
+@hookspec
+def zplug_register_rules() -> Sequence[type] | None:
+    """Return rule classes: subclasses of :class:`zplug.rules.Rule`.
+
+    Each class sets a ``name`` class attribute (no ``:``); presets and
+    :func:`zplug.rules.rule` refer to the rule by it (``rule = "epsilon"``), or as
+    ``"plugin:name"``. The class's attrs fields are its parameters, validated on construction.
+    Return ``None`` or an empty sequence to register nothing. A class that is not a
+    ``Rule`` subclass, or has no name, marks the plugin as broken.
     """
 
 
 @hookspec
-def zplug_register_canonizers() -> Sequence[type]:
+def zplug_register_canonizers() -> Sequence[type] | None:
     """Return canonizer classes, each with a unique ``name`` class attribute.
 
     Presets list canonizers by name (``canonizers = ["merge_batchnorm"]``).
+    Return ``None`` or an empty sequence to register nothing.
     """
 
 
 @hookspec
-def zplug_register_attributors() -> Sequence[type]:
-    """Return attributor classes (gradient, smoothgrad, ...), each with a unique ``name``."""
+def zplug_register_attributors() -> Sequence[type] | None:
+    """Return attributor classes (gradient, smoothgrad, ...), each with a unique ``name`` class attribute.
+
+    Return ``None`` or an empty sequence to register nothing.
+    """
 
 
 @hookspec
-def zplug_register_layer_types() -> Mapping[str, Sequence[type[torch.nn.Module]]]:
+def zplug_register_layer_types() -> Mapping[str, Sequence[type[torch.nn.Module]]] | None:
     """Map layer-type names used in presets (``types = ["convolution"]``) to module classes.
 
     Unlike other registrations, a layer type may be extended by several plugins:
     the classes are merged, so a plugin can add its own module class to ``"activation"``.
     ``isinstance`` decides membership, so subclasses belong to their parents' types.
+    Return ``None`` or an empty mapping to register nothing.
     """
 
 
 @hookspec
-def zplug_register_presets() -> Sequence[Traversable | Path]:
+def zplug_register_presets() -> Sequence[Traversable | Path] | None:
     """Return preset files (TOML), e.g. ``importlib.resources.files(pkg) / "presets" / "x.toml"``.
 
-    The preset's name is the file's stem.
+    The preset's name is the file's stem. Files are only read when the preset is used.
+    Return ``None`` or an empty sequence to register nothing.
     """
 
 
 @hookspec
-def zplug_register_models() -> Mapping[str, Callable[..., torch.nn.Module]]:
+def zplug_register_models() -> Mapping[str, Callable[..., torch.nn.Module]] | None:
     """Map model names for the command line (``zplug mapping vgg16``) to factories.
 
     A factory is called without arguments and returns an ``nn.Module`` with random
     or bundled weights; the CLI loads ``--weights FILE`` into it afterwards.
+    Return ``None`` or an empty mapping to register nothing.
     """
 
 
+# -- model hooks: called with a model ------------------------------------------------------------------
+
+
 @hookspec
-def zplug_suggest_canonizers(model: torch.nn.Module) -> Sequence[str] | Sequence[tuple[str, str]] | None:
+def zplug_suggest_canonizers(model: torch.nn.Module) -> Sequence[str | tuple[str, str]] | None:
     """Name the canonizers this plugin recommends for ``model``.
 
     Return ``None`` (or an empty list) when the plugin knows nothing about the model.
     Items are canonizer names, or ``(name, reason)`` pairs; the reason is shown in the
-    mapping. Suggestions are applied only where a preset says ``canonizers = "auto"``.
+    mapping. Suggestions are applied only where a preset says ``canonizers = "auto"``;
+    when several plugins suggest a name, the first plugin registered gives the reason.
+    The hook must not modify ``model``.
     """
 
 
 def hook_names() -> list[str]:
     """Return the names of all hook specifications, sorted."""
     return sorted(name for name, value in globals().items() if name.startswith("zplug_") and callable(value))
-
-
 
 
 __all__ = ("PROJECT", "hook_names", "hookimpl", "hookspec")

@@ -1,13 +1,17 @@
 """The plugin registry: built-in and third-party parts, by name, with provenance.
 
 ``default_registry()`` builds the registry on first use (never at ``import zplug``):
-it registers the built-in plugin modules, then loads the entry points of the group
-``zplug`` once. Environment switches, read when a registry is created:
+it registers the built-in plugin modules, then, on the first lookup, loads the entry
+points of the group ``zplug`` once. Environment switches, read when a registry is created:
 
 ``ZPLUG_DISABLE_PLUGIN_AUTOLOAD=1``
     do not load entry points (built-ins only);
 ``ZPLUG_DISABLE_PLUGINS=a,b``
-    skip the plugins named ``a`` and ``b`` (entry-point or distribution names).
+    skip the plugins named ``a`` and ``b``: entry-point names, distribution names
+    (``zplug-example``) or built-in module names (``zplug.layertypes``).
+
+A plugin that fails to import, or whose hook raises, is recorded with its error (see
+:meth:`PluginRegistry.plugins` and ``zplug plugins``); every other plugin keeps working.
 """
 
 from __future__ import annotations
@@ -48,12 +52,32 @@ class Entry(Generic[T]):
 
 @attrs.frozen(kw_only=True)
 class PluginInfo:
-    """What ``zplug plugins`` shows about one plugin."""
+    """What ``zplug plugins`` shows about one plugin.
+
+    Attributes
+    ----------
+    name : str
+        The plugin's name: the entry-point name, or ``"zplug"`` for the built-ins.
+    distribution, version : str or None
+        The installed distribution that provides it (``None`` when registered by hand).
+    builtin : bool
+        Whether this is zplug's own plugin.
+    modules : tuple of str
+        The module(s) that implement its hooks (the entry point's value).
+    hooks : tuple of str
+        The hooks it implements.
+    registered : Mapping[str, tuple of str]
+        What it registered, by kind (``{"rules": ("epsilon_scaled",)}``).
+    error : str or None
+        Why it failed to load, or which of its hooks raised.
+    """
 
     name: str
     distribution: str | None
     version: str | None
     builtin: bool
+    modules: tuple[str, ...] = ()
+    hooks: tuple[str, ...] = ()
     registered: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     error: str | None = None
 
@@ -64,9 +88,17 @@ class PluginInfo:
             "distribution": self.distribution,
             "version": self.version,
             "builtin": self.builtin,
+            "modules": list(self.modules),
+            "hooks": list(self.hooks),
             "registered": {kind: list(names) for kind, names in self.registered.items()},
             "error": self.error,
         }
+
+
+def _join(items: Iterable[str], last: str) -> str:
+    """Join ``['a', 'b', 'c']`` as ``a, b and c`` (``last`` is ``"and"`` or ``"or"``)."""
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
 
 
 class Catalog(Mapping[str, T]):
@@ -75,30 +107,61 @@ class Catalog(Mapping[str, T]):
     ``catalog["epsilon"]`` returns the object; ``catalog["plugin:epsilon"]`` selects
     one plugin's registration explicitly. An unqualified name registered by two
     plugins raises :class:`PluginConflictError` naming both.
+
+    Parameters
+    ----------
+    kind : str
+        What the catalog holds, in words (``"rule"``), for messages.
+    entries : iterable of Entry
+        The registrations, in plugin order.
+    failed : Mapping[str, str]
+        ``{plugin: error}`` for plugins that failed; lookups of missing names mention them.
     """
 
-    def __init__(self, kind: str, entries: Iterable[Entry[T]]) -> None:
+    def __init__(self, kind: str, entries: Iterable[Entry[T]], failed: Mapping[str, str] | None = None) -> None:
         self.kind = kind
+        self.failed = dict(failed or {})
         self._by_name: dict[str, list[Entry[T]]] = {}
         for entry in entries:
             self._by_name.setdefault(entry.name, []).append(entry)
 
     def entry(self, name: str) -> Entry[T]:
-        """Return the :class:`Entry` for ``name`` (qualified or not)."""
+        """Return the :class:`Entry` for ``name`` (qualified or not).
+
+        Raises
+        ------
+        UnknownNameError
+            If no plugin registered ``name`` (with a suggestion of the nearest name).
+        PluginConflictError
+            If ``name`` is unqualified and several plugins registered it.
+        """
         plugin, sep, bare = name.rpartition(":")
-        candidates = self._by_name.get(bare if sep else name, [])
+        candidates = self._by_name.get(bare, [])
         if sep:
             candidates = [e for e in candidates if e.plugin == plugin]
         if not candidates:
-            raise UnknownNameError(unknown_name_message(self.kind, name, self._by_name))
+            raise UnknownNameError(self._unknown(name, plugin if sep else None, bare))
         if len(candidates) > 1:
-            owners = " and ".join(f"'{e.plugin}'" for e in candidates)
-            choices = ", ".join(f"'{e.plugin}:{e.name}'" for e in candidates)
+            owners = _join((f"'{e.plugin}'" for e in candidates), "and")
+            choices = _join((f"'{e.plugin}:{e.name}'" for e in candidates), "or")
             raise PluginConflictError(
-                f"{self.kind} '{name}' is registered by both plugins {owners}; "
-                f"select one as {choices}, or disable a plugin with ZPLUG_DISABLE_PLUGINS"
+                f"{self.kind} '{name}' is registered by plugins {owners}; "
+                f"select one with {choices}, or disable a plugin with ZPLUG_DISABLE_PLUGINS"
             )
         return candidates[0]
+
+    def _unknown(self, name: str, plugin: str | None, bare: str) -> str:
+        if plugin is not None and plugin in self.failed:
+            return f"unknown {self.kind} '{name}': plugin '{plugin}' failed to load ({self.failed[plugin]})"
+        if plugin is not None and bare in self._by_name:
+            owners = _join((f"'{e.plugin}:{bare}'" for e in self._by_name[bare]), "or")
+            kind = self.kind
+            return f"unknown {kind} '{name}': plugin '{plugin}' has no {kind} '{bare}' (did you mean {owners}?)"
+        message = unknown_name_message(self.kind, name, self._by_name)
+        if self.failed:
+            broken = _join((f"'{p}'" for p in sorted(self.failed)), "and")
+            message += f"; plugin {broken} failed to load, see `zplug plugins`"
+        return message
 
     def __getitem__(self, name: str) -> T:
         return self.entry(name).obj
@@ -126,7 +189,7 @@ class Catalog(Mapping[str, T]):
 
     def conflicts(self) -> dict[str, list[str]]:
         """Return ``{name: [plugin, ...]}`` for names registered more than once."""
-        return {n: [e.plugin for e in es] for n, es in self._by_name.items() if len(es) > 1}
+        return {n: [e.plugin for e in es] for n, es in sorted(self._by_name.items()) if len(es) > 1}
 
 
 def _env_flag(name: str) -> bool:
@@ -135,6 +198,10 @@ def _env_flag(name: str) -> bool:
 
 def _env_list(name: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in os.environ.get(name, "").split(",") if p.strip())
+
+
+def _describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
 class PluginRegistry:
@@ -146,8 +213,8 @@ class PluginRegistry:
         Load third-party plugins from the entry-point group ``zplug`` on first use.
         ``None`` reads ``ZPLUG_DISABLE_PLUGIN_AUTOLOAD``.
     disable : iterable of str or None
-        Plugin (entry-point) or distribution names not to load. ``None`` reads
-        ``ZPLUG_DISABLE_PLUGINS``.
+        Plugin (entry-point), distribution or built-in module names not to load.
+        ``None`` reads ``ZPLUG_DISABLE_PLUGINS``.
     builtins : iterable of str or None
         Module names of built-in plugins; defaults to :data:`BUILTIN_PLUGINS`.
     """
@@ -167,33 +234,61 @@ class PluginRegistry:
         self._owner: dict[str, str] = {}  # pluggy plugin name -> zplug plugin name
         self._loaded = False
         self._catalogs: dict[str, Catalog[Any]] = {}
-        for module_name in BUILTIN_PLUGINS if builtins is None else builtins:
-            module = importlib.import_module(module_name)
-            self.pm.register(module, name=module_name)
+        modules = [m for m in (BUILTIN_PLUGINS if builtins is None else builtins) if m not in self.disabled]
+        for module_name in modules:
+            self.pm.register(importlib.import_module(module_name), name=module_name)
             self._owner[module_name] = BUILTIN
-        self._info[BUILTIN] = PluginInfo(name=BUILTIN, distribution="zplug", version=_version("zplug"), builtin=True)
+        self.pm.check_pending()
+        self._info[BUILTIN] = PluginInfo(
+            name=BUILTIN, distribution="zplug", version=_version("zplug"), builtin=True, modules=tuple(modules)
+        )
 
     # -- loading ---------------------------------------------------------------------------
-    def register(self, plugin: object, name: str, *, distribution: str | None = None) -> None:
-        """Register a plugin object (usually a module) under ``name``; clears cached catalogs."""
+    def register(
+        self,
+        plugin: object,
+        name: str,
+        *,
+        distribution: str | None = None,
+        version: str | None = None,
+        module: str | None = None,
+    ) -> None:
+        """Register a plugin object (usually a module) under ``name``.
+
+        Raises
+        ------
+        PluginLoadError
+            If the name is taken, or the plugin implements a hook that does not exist
+            (or with arguments its specification does not have).
+        """
         if name in self._info:
             raise PluginLoadError(f"a plugin named '{name}' is already registered")
-        self.pm.register(plugin, name=name)
-        self.pm.check_pending()
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.pm.has_plugin(name):
+                self.pm.unregister(name=name)
+            raise PluginLoadError(f"plugin '{name}': {exc}") from exc
         self._owner[name] = name
-        version = _version(distribution) if distribution else None
-        self._info[name] = PluginInfo(name=name, distribution=distribution, version=version, builtin=False)
+        if version is None and distribution:
+            version = _version(distribution)
+        module = module or getattr(plugin, "__name__", type(plugin).__name__)
+        self._info[name] = PluginInfo(
+            name=name, distribution=distribution, version=version, builtin=False, modules=(module,)
+        )
         self._catalogs.clear()
 
     def unregister(self, name: str) -> None:
-        """Remove the plugin registered under ``name``."""
-        self.pm.unregister(name=name)
+        """Remove the plugin registered under ``name`` (and any load error recorded for it)."""
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
         self._owner.pop(name, None)
         self._info.pop(name, None)
         self._catalogs.clear()
 
     def load_entry_points(self) -> None:
-        """Load third-party plugins from the entry-point group ``zplug`` (once)."""
+        """Load third-party plugins from the entry-point group ``zplug`` (once; later calls do nothing)."""
         if self._loaded:
             return
         self._loaded = True
@@ -202,27 +297,33 @@ class PluginRegistry:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
+            version = dist.version if dist is not None else None
             if ep.name in self.disabled or (dist_name and dist_name in self.disabled):
                 continue
             if ep.name in self._info:
+                self._record_error(ep.name, f"{dist_name or ep.value} also uses the plugin name '{ep.name}'; ignored")
                 continue
             try:
-                plugin = ep.load()
-                self.register(plugin, ep.name, distribution=dist_name)
+                self.register(ep.load(), ep.name, distribution=dist_name, version=version, module=ep.value)
             except Exception as exc:  # a broken plugin must not break the rest
-                detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                if self.pm.has_plugin(ep.name):
-                    self.pm.unregister(name=ep.name)
-                self._owner.pop(ep.name, None)
                 self._info[ep.name] = PluginInfo(
-                    name=ep.name, distribution=dist_name, version=_version(dist_name), builtin=False
+                    name=ep.name, distribution=dist_name, version=version, builtin=False, modules=(ep.value,)
                 )
-                self._record_error(ep.name, f"{ep.value}: {detail}")
+                self._record_error(ep.name, f"cannot load {ep.value}: {_describe(exc)}")
 
     def _record_error(self, name: str, error: str) -> None:
         info = self._info[name]
+        if info.error and error in info.error.split("; "):
+            return
         self._info[name] = attrs.evolve(info, error=f"{info.error}; {error}" if info.error else error)
         warnings.warn(f"zplug plugin '{name}' failed: {error}", RuntimeWarning, stacklevel=3)
+
+    def _is_builtin(self, owner: str) -> bool:
+        info = self._info.get(owner)
+        return info is None or info.builtin
+
+    def _failed(self) -> dict[str, str]:
+        return {name: info.error for name, info in self._info.items() if info.error}
 
     # -- catalogs --------------------------------------------------------------------------
     def _collect(self, kind: str, hook_name: str, names_of: Callable[[Any], Iterable[tuple[str, Any]]]) -> Catalog[Any]:
@@ -230,24 +331,25 @@ class PluginRegistry:
         if kind in self._catalogs:
             return self._catalogs[kind]
         entries = []
+        # pluggy lists implementations in call order reversed (LIFO); registration order reads better
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             owner = self._owner.get(impl.plugin_name, impl.plugin_name)
             try:
                 pairs = list(names_of(impl.function() or ()))
             except Exception as exc:  # a broken plugin is reported, the others keep working
-                if self._info[owner].builtin:
+                if self._is_builtin(owner):
                     raise
-                self._record_error(owner, f"{hook_name}(): {type(exc).__name__}: {exc}")
+                self._record_error(owner, f"{hook_name}() raised {_describe(exc)}")
                 continue
             entries.extend(Entry(name=n, obj=o, plugin=owner) for n, o in pairs)
-        catalog = Catalog(kind, entries)
+        catalog = Catalog(kind, entries, self._failed())
         self._catalogs[kind] = catalog
         return catalog
 
     @property
     def rules(self) -> Catalog[type]:
         """Rule classes by name."""
-        return self._collect("rule", "zplug_register_rules", _named_classes)
+        return self._collect("rule", "zplug_register_rules", _rule_classes)
 
     @property
     def canonizers(self) -> Catalog[type]:
@@ -267,44 +369,72 @@ class PluginRegistry:
     @property
     def models(self) -> Catalog[Callable[..., Any]]:
         """Model factories by name."""
-        return self._collect("model", "zplug_register_models", lambda r: r.items())
+        return self._collect("model", "zplug_register_models", _named_items)
 
     @property
     def layer_types(self) -> dict[str, tuple[type, ...]]:
-        """Layer-type names mapped to module classes, merged over all plugins."""
-        catalog = self._collect("layer type", "zplug_register_layer_types", _layer_type_pairs)
+        """Layer-type names mapped to module classes, merged over all plugins (never a conflict)."""
         merged: dict[str, tuple[type, ...]] = {}
-        for entry in catalog.entries():
-            merged[entry.name] = merged.get(entry.name, ()) + tuple(c for c in entry.obj if c not in merged.get(entry.name, ()))
+        for entry in self._layer_type_catalog().entries():
+            known = merged.get(entry.name, ())
+            merged[entry.name] = known + tuple(c for c in entry.obj if c not in known)
         return merged
 
+    def _layer_type_catalog(self) -> Catalog[tuple[type, ...]]:
+        return self._collect("layer type", "zplug_register_layer_types", _layer_type_pairs)
+
     def suggest_canonizers(self, model: Any) -> list[tuple[str, str, str]]:
-        """Ask every plugin for canonizers fitting ``model``: ``[(name, reason, plugin), ...]``."""
+        """Ask every plugin for canonizers fitting ``model``: ``[(name, reason, plugin), ...]``.
+
+        The first plugin to suggest a name gives the reason; a plugin whose hook raises is
+        recorded as broken and skipped (built-in ones raise).
+        """
         self.load_entry_points()
         out: list[tuple[str, str, str]] = []
         for impl in reversed(self.pm.hook.zplug_suggest_canonizers.get_hookimpls()):
             owner = self._owner.get(impl.plugin_name, impl.plugin_name)
-            for item in impl.function(model=model) or ():
+            try:
+                items = list(impl.function(model=model) or ())
+            except Exception as exc:
+                if self._is_builtin(owner):
+                    raise
+                self._record_error(owner, f"zplug_suggest_canonizers() raised {_describe(exc)}")
+                continue
+            for item in items:
                 name, reason = (item, f"suggested by plugin '{owner}'") if isinstance(item, str) else item
                 if name not in [n for n, _, _ in out]:
                     out.append((name, reason, owner))
         return out
 
-    def plugins(self, *, include_builtin: bool = False) -> list[PluginInfo]:
-        """Describe every plugin: what it registered, and its load error if any."""
-        self.load_entry_points()
-        catalogs = {
+    def _catalogs_by_kind(self) -> dict[str, Catalog[Any]]:
+        return {
             "rules": self.rules,
             "canonizers": self.canonizers,
             "attributors": self.attributors,
             "presets": self.presets,
             "models": self.models,
+            "layer_types": self._layer_type_catalog(),
         }
-        layer_types = self._catalogs["layer type"] if "layer type" in self._catalogs else None
-        if layer_types is None:
-            self.layer_types  # noqa: B018 - fills the cache
-            layer_types = self._catalogs["layer type"]
-        catalogs["layer_types"] = layer_types
+
+    def conflicts(self) -> dict[str, dict[str, list[str]]]:
+        """Return ``{kind: {name: [plugin, ...]}}`` for every name registered by several plugins.
+
+        Layer types are merged, never in conflict, so they are not listed.
+        """
+        catalogs = self._catalogs_by_kind()
+        del catalogs["layer_types"]
+        return {kind: c.conflicts() for kind, c in catalogs.items() if c.conflicts()}
+
+    def plugins(self, *, include_builtin: bool = False) -> list[PluginInfo]:
+        """Describe every plugin: what it registered, which hooks it implements, its error if any.
+
+        Built-in parts are listed under the single plugin ``"zplug"`` when ``include_builtin``.
+        """
+        catalogs = self._catalogs_by_kind()  # loads entry points, and records hooks that raise
+        hooks: dict[str, set[str]] = {}
+        for name, plugin in self.pm.list_name_plugin():
+            owner = self._owner.get(name, name)
+            hooks.setdefault(owner, set()).update(caller.name for caller in self.pm.get_hookcallers(plugin) or ())
         result = []
         for info in self._info.values():
             if info.builtin and not include_builtin:
@@ -312,26 +442,52 @@ class PluginRegistry:
             registered = {
                 kind: tuple(e.name for e in cat.entries() if e.plugin == info.name) for kind, cat in catalogs.items()
             }
-            result.append(attrs.evolve(info, registered={k: v for k, v in registered.items() if v}))
+            result.append(
+                attrs.evolve(
+                    info,
+                    hooks=tuple(sorted(hooks.get(info.name, ()))),
+                    registered={k: v for k, v in registered.items() if v},
+                )
+            )
         return sorted(result, key=lambda i: (not i.builtin, i.name))
 
 
 def _named_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     for cls in result:
-        name = getattr(cls, "name", None)
+        name = getattr(cls, "name", None) if isinstance(cls, type) else None
         if not isinstance(name, str) or not name:
-            raise TypeError(f"{cls!r} has no 'name' class attribute")
+            raise TypeError(f"{cls!r} is not a class with a 'name' class attribute")
+        yield _checked_name(name), cls
+
+
+def _rule_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    from zplug.rules.base import Rule
+
+    for name, cls in _named_classes(result):
+        if not issubclass(cls, Rule):
+            raise TypeError(f"rule class {cls.__qualname__} must subclass zplug.rules.Rule")
         yield name, cls
 
 
 def _stem_named(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     for path in result:
-        yield path.name.rsplit(".", 1)[0], path
+        yield _checked_name(path.name.rsplit(".", 1)[0]), path
+
+
+def _named_items(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+    for name, obj in result.items():
+        yield _checked_name(name), obj
 
 
 def _layer_type_pairs(result: Mapping[str, Iterable[type]]) -> Iterator[tuple[str, tuple[type, ...]]]:
     for name, classes in result.items():
-        yield name, tuple(classes)
+        yield _checked_name(name), tuple(classes)
+
+
+def _checked_name(name: str) -> str:
+    if ":" in name:
+        raise ValueError(f"name '{name}' contains ':', which separates a plugin from a name")
+    return name
 
 
 def _version(distribution: str | None) -> str | None:
