@@ -2,33 +2,53 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from zplug.registry import PluginInfo
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``plugins`` sub-command."""
-    parser = subparsers.add_parser("plugins", help="list installed plugins and what they register")
+    parser = subparsers.add_parser(
+        "plugins",
+        help="list installed plugins and what they register",
+        description="List third-party plugins: distribution, version, what each registered, and load errors.",
+    )
     parser.add_argument("--all", action="store_true", help="include zplug's built-in plugin")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of text")
     parser.set_defaults(run=run)
 
 
-def run(args) -> int:
-    """List plugins."""
+def run(args: argparse.Namespace) -> int:
+    """List plugins; returns 0 (a broken plugin is reported, not an error of this command)."""
     from zplug.registry import default_registry
 
-    infos = default_registry().plugins(include_builtin=args.all)
+    registry = default_registry()
+    infos = registry.plugins(include_builtin=args.all)
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return 0
     if not infos:
-        print("no third-party plugins installed (use --all to show built-ins)")
+        print("no third-party plugins installed (--all shows zplug's built-in plugin)")
     for info in infos:
-        version = f" {info.version}" if info.version else ""
-        dist = f" ({info.distribution}{version})" if info.distribution else ""
-        print(f"{info.name}{dist}{' [builtin]' if info.builtin else ''}")
-        for kind, names in info.registered.items():
-            print(f"  {kind}: {', '.join(names)}")
-        if info.error:
-            print(f"  error: {info.error}")
+        print(format_plugin(info))
+    for kind, names in registry.conflicts().items():
+        for name, owners in names.items():
+            choices = " or ".join(f"'{owner}:{name}'" for owner in owners)
+            print(f"conflict: {kind[:-1]} '{name}' is registered by {len(owners)} plugins; use {choices}")
     return 0
+
+
+def format_plugin(info: PluginInfo) -> str:
+    """Format one plugin as a heading line and indented details."""
+    dist = f"{info.distribution} {info.version or '(version unknown)'}" if info.distribution else "not installed"
+    lines = [f"{info.name}: {dist}{' [builtin]' if info.builtin else ''}"]
+    if info.modules:
+        lines.append(f"  module: {', '.join(info.modules)}")
+    lines.extend(f"  {kind.replace('_', ' ')}: {', '.join(names)}" for kind, names in info.registered.items())
+    if info.error:
+        lines.append(f"  error: {info.error}")
+    return "\n".join(lines)
