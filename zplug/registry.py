@@ -33,6 +33,7 @@ from zplug.errors import PluginConflictError, PluginLoadError, UnknownNameError,
 #: Modules that register zplug's own parts, through the same hooks plugins use.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.rules.hooks",
+    "zplug.canonizers.hooks",
     "zplug.layertypes",
 )
 BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:epsilon"``
@@ -331,8 +332,8 @@ class PluginRegistry:
         if kind in self._catalogs:
             return self._catalogs[kind]
         entries = []
-        # pluggy lists implementations in call order reversed (LIFO); registration order reads better
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
+        # get_hookimpls() lists implementations in registration order (pluggy calls them in reverse)
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             owner = self._owner.get(impl.plugin_name, impl.plugin_name)
             try:
                 pairs = list(names_of(impl.function() or ()))
@@ -391,7 +392,7 @@ class PluginRegistry:
         """
         self.load_entry_points()
         out: list[tuple[str, str, str]] = []
-        for impl in reversed(self.pm.hook.zplug_suggest_canonizers.get_hookimpls()):
+        for impl in self.pm.hook.zplug_suggest_canonizers.get_hookimpls():
             owner = self._owner.get(impl.plugin_name, impl.plugin_name)
             try:
                 items = list(impl.function(model=model) or ())

@@ -1,0 +1,418 @@
+"""The plugin registry: lazy entry points, conflicts, blocked and broken plugins, every hook."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+import types
+
+import attrs
+import pytest
+import torch
+
+from zplug import hookimpl
+from zplug.errors import PluginConflictError, PluginLoadError, UnknownNameError
+from zplug.hookspecs import hook_names
+from zplug.registry import BUILTIN_PLUGINS, PluginRegistry
+from zplug.rules import Rule
+
+
+# -- fakes: plugin modules, distributions and entry points, nothing installed ------------------
+def make_plugin(module_name: str, *hooks) -> types.ModuleType:
+    """Build a plugin module from hook implementations (functions named ``zplug_*``)."""
+    module = types.ModuleType(module_name)
+    for hook in hooks:
+        setattr(module, hook.__name__, hookimpl(hook))
+    return module
+
+
+def rule_class(rule_name: str, class_name: str) -> type[Rule]:
+    return attrs.frozen(kw_only=True)(type(class_name, (Rule,), {"name": rule_name, "summary": "test rule"}))
+
+
+def registers_rules(*classes):
+    def zplug_register_rules():
+        return list(classes)
+
+    return zplug_register_rules
+
+
+class FakeDistribution:
+    def __init__(self, name: str, version: str = "1.0") -> None:
+        self.metadata = {"Name": name}
+        self.version = version
+
+
+class FakeEntryPoint:
+    """An entry point of the group ``zplug`` whose ``load()`` returns ``plugin`` (or raises it)."""
+
+    group = "zplug"
+
+    def __init__(self, name: str, plugin: object, dist: str | None = None) -> None:
+        self.name = name
+        self.value = f"{name}_module.plugin"
+        self.dist = FakeDistribution(dist) if dist else None
+        self.plugin = plugin
+        self.loads = 0
+
+    def load(self) -> object:
+        self.loads += 1
+        if isinstance(self.plugin, BaseException):
+            raise self.plugin
+        return self.plugin
+
+
+@pytest.fixture
+def entry_points(monkeypatch):
+    """Install fake entry points: ``entry_points.add(name, plugin, dist)``; counts scans in ``.scans``."""
+
+    class Installed(list):
+        scans = 0
+
+        def add(self, name, plugin, dist=None):
+            ep = FakeEntryPoint(name, plugin, dist)
+            self.append(ep)
+            return ep
+
+    installed = Installed()
+
+    def fake_entry_points(*, group=None):
+        installed.scans += 1
+        return [ep for ep in installed if group is None or ep.group == group]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
+    monkeypatch.delenv("ZPLUG_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("ZPLUG_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    return installed
+
+
+Epsilon2A = rule_class("epsilon2", "Epsilon2A")
+Epsilon2B = rule_class("epsilon2", "Epsilon2B")
+Other = rule_class("other", "Other")
+
+
+# -- import zplug stays light --------------------------------------------------------------------
+def test_import_zplug_scans_no_entry_points_and_imports_no_torch():
+    script = """
+import importlib.metadata, json, sys
+calls = []
+importlib.metadata.entry_points = lambda *a, **k: calls.append(k) or []
+import zplug
+from zplug import hookimpl
+print(json.dumps({"calls": calls, "modules": sorted(m for m in sys.modules if m == "torch" or m.startswith("zplug."))}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == {"calls": [], "modules": ["zplug.errors", "zplug.hookspecs"]}
+
+
+# -- lazy loading, once ----------------------------------------------------------------------------
+def test_entry_points_load_on_first_use_and_only_once(entry_points):
+    ep = entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
+    registry = PluginRegistry(autoload=True, disable=())
+    assert (entry_points.scans, ep.loads) == (0, 0)
+
+    assert registry.rules["epsilon2"] is Epsilon2A
+    registry.rules, registry.presets, registry.plugins(), registry.load_entry_points()
+    assert (entry_points.scans, ep.loads) == (1, 1)
+
+
+def test_autoload_off_never_scans_entry_points(entry_points, monkeypatch):
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)))
+    monkeypatch.setenv("ZPLUG_DISABLE_PLUGIN_AUTOLOAD", "1")
+    registry = PluginRegistry()
+    assert "epsilon2" not in registry.rules
+    assert [p.name for p in registry.plugins(include_builtin=True)] == ["zplug"]
+    assert entry_points.scans == 0
+
+
+def test_plugin_info_names_distribution_version_module_and_hooks(entry_points):
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
+    (info,) = PluginRegistry(autoload=True, disable=()).plugins()
+    assert info.to_dict() == {
+        "name": "a",
+        "distribution": "zplug-a",
+        "version": "1.0",
+        "builtin": False,
+        "modules": ["a_module.plugin"],
+        "hooks": ["zplug_register_rules"],
+        "registered": {"rules": ["epsilon2"]},
+        "error": None,
+    }
+
+
+def test_builtins_are_one_plugin_named_zplug(registry):
+    assert registry.plugins() == []
+    (info,) = registry.plugins(include_builtin=True)
+    assert (info.name, info.builtin, info.modules) == ("zplug", True, BUILTIN_PLUGINS)
+    assert registry.rules.entry("zplug:epsilon").plugin == "zplug"
+
+
+# -- conflicts -------------------------------------------------------------------------------------
+def test_same_name_from_two_plugins_is_an_error_naming_both(entry_points):
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)))
+    entry_points.add("b", make_plugin("b_module", registers_rules(Epsilon2B, Other)))
+    registry = PluginRegistry(autoload=True, disable=())
+    with pytest.raises(PluginConflictError) as info:
+        registry.rules["epsilon2"]
+    assert str(info.value) == (
+        "rule 'epsilon2' is registered by plugins 'a' and 'b'; select one with 'a:epsilon2' or 'b:epsilon2', "
+        "or disable a plugin with ZPLUG_DISABLE_PLUGINS"
+    )
+    assert registry.rules["a:epsilon2"] is Epsilon2A
+    assert registry.rules["b:epsilon2"] is Epsilon2B
+    assert registry.rules["other"] is Other
+    assert "epsilon2" in registry.rules
+    assert registry.conflicts() == {"rules": {"epsilon2": ["a", "b"]}}
+
+
+def test_a_plugin_name_that_clashes_with_a_builtin_is_a_conflict_too(registry):
+    registry.register(make_plugin("mine", registers_rules(rule_class("epsilon", "MyEpsilon"))), "mine")
+    with pytest.raises(PluginConflictError, match="registered by plugins 'zplug' and 'mine'"):
+        registry.rules["epsilon"]
+    assert registry.rules["zplug:epsilon"].__name__ == "Epsilon"
+    assert registry.rules["mine:epsilon"].__name__ == "MyEpsilon"
+
+
+def test_two_distributions_with_one_entry_point_name_keep_the_first(entry_points):
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
+    second = entry_points.add("a", make_plugin("a2_module", registers_rules(Other)), dist="zplug-other")
+    registry = PluginRegistry(autoload=True, disable=())
+    with pytest.warns(RuntimeWarning):
+        infos = registry.plugins()
+    assert [(i.name, i.distribution, i.error) for i in infos] == [
+        ("a", "zplug-a", "zplug-other also uses the plugin name 'a'; ignored")
+    ]
+    assert second.loads == 0
+
+
+# -- blocking ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("blocked", ["b", "zplug-b"], ids=["entry-point-name", "distribution-name"])
+@pytest.mark.parametrize("via", ["argument", "environment"])
+def test_blocked_plugin_is_never_loaded(entry_points, monkeypatch, blocked, via):
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
+    b = entry_points.add("b", make_plugin("b_module", registers_rules(Epsilon2B)), dist="zplug-b")
+    if via == "environment":
+        monkeypatch.setenv("ZPLUG_DISABLE_PLUGINS", f" nothing , {blocked}")
+        registry = PluginRegistry(autoload=True)
+    else:
+        registry = PluginRegistry(autoload=True, disable=[blocked])
+    assert registry.rules["epsilon2"] is Epsilon2A  # no conflict: b is not there
+    assert [p.name for p in registry.plugins()] == ["a"]
+    assert b.loads == 0
+
+
+def test_a_builtin_module_can_be_blocked(entry_points):
+    registry = PluginRegistry(autoload=False, disable=["zplug.layertypes"])
+    assert registry.layer_types == {}
+    assert "epsilon" in registry.rules
+
+
+# -- broken plugins -------------------------------------------------------------------------------
+def test_plugin_that_fails_to_import_is_reported_and_the_rest_works(entry_points):
+    entry_points.add("broken", ModuleNotFoundError("No module named 'missing_dep'"), dist="zplug-broken")
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
+    registry = PluginRegistry(autoload=True, disable=())
+    with pytest.warns(RuntimeWarning, match="zplug plugin 'broken' failed: cannot load broken_module.plugin"):
+        assert registry.rules["epsilon2"] is Epsilon2A
+    a, broken = registry.plugins()  # sorted by name
+    assert (broken.name, broken.distribution, broken.version) == ("broken", "zplug-broken", "1.0")
+    assert broken.registered == {}
+    assert broken.error == "cannot load broken_module.plugin: ModuleNotFoundError: No module named 'missing_dep'"
+    assert (a.name, a.error, a.registered) == ("a", None, {"rules": ("epsilon2",)})
+    with pytest.raises(UnknownNameError) as info:
+        registry.rules["broken:epsilon3"]
+    assert str(info.value) == f"unknown rule 'broken:epsilon3': plugin 'broken' failed to load ({broken.error})"
+
+
+def test_plugin_whose_hook_raises_is_reported_and_its_other_hooks_work(entry_points, tmp_path):
+    def zplug_register_rules():
+        raise ValueError("boom")
+
+    def zplug_register_presets():
+        return [tmp_path / "mine.toml"]
+
+    entry_points.add("bad", make_plugin("bad_module", zplug_register_rules, zplug_register_presets))
+    registry = PluginRegistry(autoload=True, disable=())
+    with pytest.warns(RuntimeWarning, match="zplug_register_rules"):
+        assert registry.rules["epsilon"].name == "epsilon"
+    assert registry.presets["mine"] == tmp_path / "mine.toml"
+    (bad,) = registry.plugins()
+    assert bad.error == "zplug_register_rules() raised ValueError: boom"
+    assert bad.registered == {"presets": ("mine",)}
+
+
+def test_a_rule_that_is_not_a_rule_class_marks_its_plugin_broken(registry):
+    class NotARule:
+        name = "fake"
+
+    registry.register(make_plugin("m", registers_rules(NotARule)), "m")
+    with pytest.warns(RuntimeWarning):
+        assert "fake" not in registry.rules
+    (info,) = registry.plugins()
+    assert info.error == (
+        "zplug_register_rules() raised TypeError: rule class "
+        "test_a_rule_that_is_not_a_rule_class_marks_its_plugin_broken.<locals>.NotARule must subclass zplug.rules.Rule"
+    )
+
+
+def test_a_name_with_a_colon_marks_its_plugin_broken(registry):
+    registry.register(make_plugin("m", registers_rules(rule_class("x:y", "XY"))), "m")
+    with pytest.warns(RuntimeWarning):
+        registry.rules
+    (info,) = registry.plugins()
+    assert info.error == (
+        "zplug_register_rules() raised ValueError: name 'x:y' contains ':', which separates a plugin from a name"
+    )
+
+
+def test_a_builtin_whose_hook_raises_is_an_error(monkeypatch):
+    def zplug_register_models():
+        raise RuntimeError("bug in zplug")
+
+    monkeypatch.setitem(sys.modules, "fake_builtin", make_plugin("fake_builtin", zplug_register_models))
+    registry = PluginRegistry(autoload=False, builtins=["fake_builtin"])
+    with pytest.raises(RuntimeError, match="bug in zplug"):
+        registry.models
+
+
+def test_hook_without_a_spec_is_refused_at_register(registry):
+    def zplug_register_rule():  # typo: the hook is zplug_register_rules
+        return []
+
+    with pytest.raises(PluginLoadError, match=r"^plugin 'typo': unknown hook 'zplug_register_rule' in plugin"):
+        registry.register(make_plugin("typo", zplug_register_rule), "typo")
+    assert [p.name for p in registry.plugins()] == []
+    assert "epsilon" in registry.rules
+
+
+def test_a_plugin_name_can_be_registered_once(registry):
+    registry.register(make_plugin("one"), "one")
+    with pytest.raises(PluginLoadError) as info:
+        registry.register(make_plugin("two"), "one")
+    assert str(info.value) == "a plugin named 'one' is already registered"
+    registry.unregister("one")
+    registry.register(make_plugin("two"), "one")
+
+
+# -- unknown names -------------------------------------------------------------------------------
+@pytest.fixture
+def small_registry():
+    """No built-ins: one plugin ``a`` with the rules ``epsilon2`` and ``other``."""
+    registry = PluginRegistry(autoload=False, builtins=())
+    registry.register(make_plugin("a_module", registers_rules(Epsilon2A, Other)), "a")
+    return registry
+
+
+def test_unknown_name_suggests_the_nearest(small_registry):
+    with pytest.raises(UnknownNameError) as info:
+        small_registry.rules["epsilon"]
+    assert str(info.value) == "unknown rule 'epsilon' (did you mean 'epsilon2'? known: epsilon2, other)"
+    with pytest.raises(UnknownNameError) as info:
+        small_registry.canonizers["x"]
+    assert str(info.value) == "unknown canonizer 'x' (known: none registered)"
+
+
+def test_unknown_qualified_name_suggests_the_plugin_that_has_it(small_registry):
+    with pytest.raises(UnknownNameError) as info:
+        small_registry.rules["b:epsilon2"]
+    assert str(info.value) == (
+        "unknown rule 'b:epsilon2': plugin 'b' has no rule 'epsilon2' (did you mean 'a:epsilon2'?)"
+    )
+
+
+def test_unknown_name_mentions_broken_plugins(small_registry, entry_points):
+    entry_points.add("broken", ImportError("cannot import name 'x'"))
+    small_registry.autoload, small_registry._loaded = True, False
+    with pytest.warns(RuntimeWarning):
+        small_registry.load_entry_points()
+    with pytest.raises(UnknownNameError) as info:
+        small_registry.rules["epsilon3"]
+    assert str(info.value) == (
+        "unknown rule 'epsilon3' (did you mean 'epsilon2'? known: epsilon2, other); "
+        "plugin 'broken' failed to load, see `zplug plugins`"
+    )
+
+
+# -- one test per hook (test_every_hook_has_a_test checks the names) -----------------------------
+def test_hook_zplug_register_rules(small_registry):
+    assert dict(small_registry.rules) == {"epsilon2": Epsilon2A, "other": Other}
+    assert small_registry.rules.entry("other").plugin == "a"
+
+
+def named(kind: str, name: str) -> type:
+    return type(f"{kind}_{name}", (), {"name": name})
+
+
+def test_hook_zplug_register_canonizers(registry):
+    merge = named("canonizer", "merge_things")
+    registry.register(make_plugin("m", _returning("zplug_register_canonizers", [merge])), "m")
+    assert registry.canonizers["m:merge_things"] is merge
+
+
+def test_hook_zplug_register_attributors(registry):
+    smooth = named("attributor", "smoother")
+    registry.register(make_plugin("m", _returning("zplug_register_attributors", [smooth])), "m")
+    assert registry.attributors["smoother"] is smooth
+
+
+def test_hook_zplug_register_layer_types_merges_over_plugins(registry):
+    class MyActivation(torch.nn.Module):
+        pass
+
+    registry.register(make_plugin("m", _returning("zplug_register_layer_types", {"activation": [MyActivation]})), "m")
+    activation = registry.layer_types["activation"]
+    assert MyActivation in activation and torch.nn.ReLU in activation
+    assert len(set(activation)) == len(activation)
+    assert registry.conflicts() == {}
+
+
+def test_hook_zplug_register_presets_names_files_by_stem(registry, tmp_path):
+    path = tmp_path / "my_preset.toml"
+    registry.register(make_plugin("m", _returning("zplug_register_presets", [path])), "m")
+    assert registry.presets["my_preset"] == path
+    assert registry.presets.entry("m:my_preset").plugin == "m"
+
+
+def test_hook_zplug_register_models(registry):
+    registry.register(make_plugin("m", _returning("zplug_register_models", {"tiny": torch.nn.Identity})), "m")
+    assert isinstance(registry.models["tiny"](), torch.nn.Identity)
+
+
+def test_hook_zplug_suggest_canonizers(registry):
+    def first(model):
+        return ["merge_batchnorm"] if isinstance(model, torch.nn.Sequential) else None
+
+    def second(model):
+        return [("merge_batchnorm", "ignored: first plugin wins"), ("flatten", "has a Flatten")]
+
+    registry.register(make_plugin("p", _named("zplug_suggest_canonizers", first)), "p")
+    registry.register(make_plugin("q", _named("zplug_suggest_canonizers", second)), "q")
+    assert registry.suggest_canonizers(torch.nn.Sequential()) == [
+        ("merge_batchnorm", "suggested by plugin 'p'", "p"),
+        ("flatten", "has a Flatten", "q"),
+    ]
+    assert registry.suggest_canonizers(torch.nn.Linear(1, 1)) == [
+        ("merge_batchnorm", "ignored: first plugin wins", "q"),
+        ("flatten", "has a Flatten", "q"),
+    ]
+
+
+def _named(hook_name: str, function):
+    function.__name__ = hook_name
+    return function
+
+
+def _returning(hook_name: str, value):
+    return _named(hook_name, lambda: value)
+
+
+@pytest.mark.parametrize("hook", hook_names())
+def test_every_hook_has_a_test(hook):
+    tests = [name for name in globals() if name.startswith(f"test_hook_{hook}")]
+    assert tests, f"add a test named test_hook_{hook}"
+
+
+def test_hook_names_are_the_hookspecs():
+    assert hook_names() == sorted(PluginRegistry(autoload=False, builtins=()).pm.hook.__dict__)
