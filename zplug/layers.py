@@ -32,6 +32,7 @@ class Sum(torch.nn.Module):
         return total
 
     def extra_repr(self) -> str:
+        """Show ``dim`` in the module's repr."""
         return f"dim={self.dim}"
 
 

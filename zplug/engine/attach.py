@@ -71,10 +71,8 @@ def attach_rules(
     modules = dict(model.named_modules(remove_duplicate=False))
     unknown = [name for name in assignment if name not in modules]
     if unknown:
-        raise ModelMismatchError(
-            unknown_name_message("module", unknown[0], [n for n in modules if n]).replace("unknown module", "no module")
-            + f"; the model {type(model).__name__} has no such module"
-        )
+        known = [name for name in modules if name]
+        raise ModelMismatchError(f"model {type(model).__name__}: {unknown_name_message('module', unknown[0], known)}")
     _check_aliases(model, assignment)
     patches: list[AttributePatch] = []
     bindings: dict[str, Binding] = {}

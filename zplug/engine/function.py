@@ -67,7 +67,9 @@ class LayerCall:
         The call's arguments (tensors included).
     """
 
-    def __init__(self, binding: Binding, spec: _ArgSpec, inputs: tuple[torch.Tensor, ...], saved_outputs: tuple) -> None:
+    def __init__(
+        self, binding: Binding, spec: _ArgSpec, inputs: tuple[torch.Tensor, ...], saved_outputs: tuple
+    ) -> None:
         self.binding = binding
         self.module = binding.module
         self.name = binding.name
@@ -134,10 +136,11 @@ class _RuleFunction(torch.autograd.Function):
         binding: Binding = ctx.binding
         try:
             inputs = ctx.saved_tensors
-        except RuntimeError as exc:
+        except RuntimeError:
             raise RelevanceError(
-                f"the input of layer '{binding.name}' was modified in place after its forward pass "
-                f"({exc.args[0].splitlines()[0]}); avoid in-place operations on it or use a canonizer"
+                f"an input of layer '{binding.name}' (rule '{binding.rule.name}') was modified in place after the "
+                "layer's forward pass, so its relevance cannot be computed; make the operation that modified it "
+                "out of place (e.g. 'x = x + 1' instead of 'x += 1')"
             ) from None
         call = LayerCall(binding, ctx.spec, inputs, ctx.outputs)
         with rule_computation():
@@ -181,6 +184,7 @@ class Binding:
         self.observers: list[Observer] = []
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the module; under autograd, route its gradient through the rule."""
         if inside_rule() or not torch.is_grad_enabled():
             return self.original_forward(*args, **kwargs)
         spec = _ArgSpec(args, kwargs)

@@ -88,9 +88,11 @@ class LinearOp(LayerOp):
     """``torch.nn.Linear`` (and subclasses): ``x W^T + b``."""
 
     def forward(self, inputs, params):
+        """Return the layer's output for ``inputs`` and ``params``."""
         return F.linear(inputs[0], params["weight"], params.get("bias"))
 
     def transpose(self, grad, inputs, params):
+        """Return ``J^T grad`` with respect to each input."""
         return (grad.matmul(params["weight"]),)
 
 
@@ -108,15 +110,16 @@ class ConvOp(LayerOp):
         self.explicit = module.padding_mode == "zeros" and not isinstance(module.padding, str)
 
     def forward(self, inputs, params):
+        """Return the layer's output for ``inputs`` and ``params``."""
         m = self.module
         if not self.transposed:
             return m._conv_forward(inputs[0], params["weight"], params.get("bias"))
         conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[len(m.kernel_size) - 1]
-        return conv_t(
-            inputs[0], params["weight"], params.get("bias"), m.stride, m.padding, self.output_padding, m.groups, m.dilation
-        )
+        weight, bias = params["weight"], params.get("bias")
+        return conv_t(inputs[0], weight, bias, m.stride, m.padding, self.output_padding, m.groups, m.dilation)
 
     def transpose(self, grad, inputs, params):
+        """Return ``J^T grad`` with respect to each input."""
         if not self.explicit:
             return _autograd_transpose(self, grad, inputs, params)
         m = self.module
@@ -156,6 +159,7 @@ class GenericOp(LayerOp):
         self.rebuild = rebuild
 
     def forward(self, inputs, params):
+        """Return the layer's output for ``inputs`` and ``params``."""
         args, kwargs = self.rebuild(inputs)
         current = self.module._parameters
         changed = {k: v for k, v in params.items() if k in current and current[k] is not None and v is not current[k]}
@@ -166,6 +170,7 @@ class GenericOp(LayerOp):
                 return self.original_forward(*args, **kwargs)
 
     def transpose(self, grad, inputs, params):
+        """Return ``J^T grad`` with respect to each input."""
         return _autograd_transpose(self, grad, inputs, params)
 
 

@@ -111,7 +111,9 @@ def to_names(value: Any) -> Any:
 def names(name: str, value: Any) -> None:
     """Accept a tuple of parameter names."""
     if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
-        raise SpecError(f"parameter '{name}' must be a parameter name or a list of names, e.g. [\"bias\"] (got {value!r})")
+        raise SpecError(
+            f"parameter '{name}' must be a parameter name or a list of names, e.g. [\"bias\"] (got {value!r})"
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -185,7 +187,8 @@ def make_rule(rule_class: type[Rule], params: Mapping[str, Any]) -> Rule:
             raise SpecError(f"rule '{rule_class.name}' has no parameter '{key}' (valid: {valid})")
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in params]
     if missing:
-        raise SpecError(f"rule '{rule_class.name}' needs parameter '{missing[0]}' ({fields[missing[0]].metadata['doc']})")
+        doc = fields[missing[0]].metadata["doc"]
+        raise SpecError(f"rule '{rule_class.name}' needs parameter '{missing[0]}' ({doc})")
     try:
         return rule_class(**params)
     except SpecError as exc:

@@ -17,22 +17,34 @@ def _single(call, grad_outputs, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
             f"{len(call.inputs)} input(s) and {len(grad_outputs)} output(s)"
         )
     x, relevance = call.inputs[0], grad_outputs[0]
+    _check_shape(call, x, relevance, rule)
+    return x, relevance
+
+
+def _check_shape(call, x: torch.Tensor, relevance: torch.Tensor, rule: str) -> None:
     if x.shape != relevance.shape:
         raise RelevanceError(
             f"rule '{rule}' needs input and output of the same shape; layer '{call.name}' maps "
             f"{tuple(x.shape)} to {tuple(relevance.shape)}"
         )
-    return x, relevance
 
 
 @attrs.frozen(kw_only=True)
 class Pass(Rule):
-    """Pass the upper relevance through unchanged (element-wise layers: activations, BatchNorm)."""
+    """Pass the upper relevance through unchanged (element-wise layers: activations, BatchNorm).
+
+    A layer with as many outputs as inputs passes the relevance of output ``k`` to input ``k``.
+    """
 
     name = "pass"
     summary = "pass relevance through unchanged (activations, normalisation)"
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
+        if len(call.inputs) == len(grad_outputs) > 1:  # one output per input, e.g. a tuple of activations
+            for x, relevance in zip(call.inputs, grad_outputs):
+                _check_shape(call, x, relevance, self.name)
+            return tuple(grad_outputs)
         _, relevance = _single(call, grad_outputs, self.name)
         return (relevance,)
 
@@ -45,20 +57,30 @@ class ReLUDeconvNet(Rule):
     summary = "DeconvNet ReLU: positive part of the upper signal"
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         _, relevance = _single(call, grad_outputs, self.name)
         return (relevance.clamp(min=0),)
 
 
 @attrs.frozen(kw_only=True)
 class ReLUGuidedBackprop(Rule):
-    """Guided backpropagation: the ReLU gradient, restricted to positive upper signal."""
+    """Guided backpropagation: the layer's gradient, restricted to positive upper signal.
+
+    On a ReLU this is ``R * 1[x > 0] * 1[R > 0]``; on other element-wise layers the layer's own
+    vector-Jacobian product replaces ``R * 1[x > 0]``.
+    """
 
     name = "relu_guided_backprop"
     summary = "guided backprop ReLU: gradient where input and upper signal are positive"
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         x, relevance = _single(call, grad_outputs, self.name)
-        return (torch.where((x > 0) & (relevance > 0), relevance, torch.zeros_like(relevance)),)
+        if isinstance(call.module, torch.nn.ReLU):
+            gradient = torch.where(x > 0, relevance, torch.zeros_like(relevance))
+        else:  # any other element-wise module: its own gradient (as Zennit does)
+            (gradient,) = call.op.transpose(relevance, call.inputs, call.params())
+        return (gradient * (relevance > 0),)
 
 
 @attrs.frozen(kw_only=True)
@@ -70,6 +92,7 @@ class ReLUBetaSmooth(Rule):
     beta_smooth: float = parameter(10.0, doc="sharpness of the softplus surrogate", kind="number", check=number)
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         x, relevance = _single(call, grad_outputs, self.name)
         return (torch.sigmoid(self.beta_smooth * x) * relevance,)
 

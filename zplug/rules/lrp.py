@@ -61,6 +61,18 @@ def _relevance_out(call: LayerCall, grad_outputs: Tensors, rule: str) -> torch.T
     return grad_outputs[0]
 
 
+def _scaled(grad_outputs: Tensors, outputs: Tensors, stabilizer) -> torch.Tensor | Tensors:
+    """Return ``R_k / stab(z_k)`` for every output ``k`` (a tensor for a single output)."""
+    if len(grad_outputs) != len(outputs):
+        raise RelevanceError(f"got relevance for {len(grad_outputs)} outputs but the layer has {len(outputs)}")
+    scaled = tuple(r / apply_stabilizer(stabilizer, z) for r, z in zip(grad_outputs, outputs))
+    return scaled[0] if len(scaled) == 1 else scaled
+
+
+def _as_tuple(value: torch.Tensor | Tensors) -> Tensors:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
 def _non_negative(xs: Tensors) -> bool:
     return all(not bool((x < 0).any()) for x in xs)
 
@@ -87,7 +99,11 @@ def _zero_params():
 
 @attrs.frozen(kw_only=True)
 class Epsilon(Rule):
-    """LRP-epsilon: ``R_i = x_i sum_j w_ji R_j / (z_j + eps sign(z_j))``; ``epsilon=0`` is LRP-0."""
+    """LRP-epsilon: ``R_i = x_i sum_j w_ji R_j / (z_j + eps sign(z_j))``; ``epsilon=0`` is LRP-0.
+
+    With several inputs each gets ``x_i`` times its share; with several outputs the shares of all
+    outputs add up.
+    """
 
     name = "epsilon"
     summary = "LRP-epsilon: proportional to the contributions, epsilon absorbs weak ones"
@@ -95,29 +111,32 @@ class Epsilon(Rule):
     zero_params: tuple[str, ...] = _zero_params()
 
     def backward(self, call, grad_outputs):
-        relevance = _relevance_out(call, grad_outputs, self.name)
+        """Return the relevance of each input (see the class docstring)."""
         xs, params = call.inputs, call.params()
         if self.zero_params:
             params = _modify(params, _same, self.zero_params)
-            z = call.op.forward(xs, params)
+            outputs = _as_tuple(call.op.forward(xs, params))
         else:
-            z = call.output
-        scaled = relevance / apply_stabilizer(self.epsilon, z)
+            outputs = call.outputs
+        scaled = _scaled(grad_outputs, outputs, self.epsilon)
         return _mul(xs, call.op.transpose(scaled, xs, params))
 
 
 @attrs.frozen(kw_only=True)
 class Norm(Rule):
-    """Proportional split without parameters (sums, average pooling): ``R_i = x_i dz/dx_i R / z``."""
+    """Proportional split without parameters (sums, average pooling): ``R_i = x_i dz/dx_i R / z``.
+
+    Several inputs and several outputs are handled as in :class:`Epsilon`.
+    """
 
     name = "norm"
     summary = "proportional split by contribution, for parameter-free layers (Sum, AvgPool)"
     stabilizer: float = _stabilizer()
 
     def backward(self, call, grad_outputs):
-        relevance = _relevance_out(call, grad_outputs, self.name)
+        """Return the relevance of each input (see the class docstring)."""
         xs, params = call.inputs, call.params()
-        scaled = relevance / apply_stabilizer(self.stabilizer, call.output)
+        scaled = _scaled(grad_outputs, call.outputs, self.stabilizer)
         return _mul(xs, call.op.transpose(scaled, xs, params))
 
 
@@ -131,6 +150,7 @@ class ZPlus(Rule):
     zero_params: tuple[str, ...] = _zero_params()
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         xs, op, params = call.inputs, call.op, call.params()
         pos = _modify(params, _positive, self.zero_params)
@@ -150,7 +170,8 @@ def _check_alpha_beta(instance: AlphaBeta, attribute, value) -> None:
         from zplug.errors import SpecError
 
         raise SpecError(
-            f"parameters alpha and beta must satisfy alpha - beta = 1 (got alpha={instance.alpha}, beta={instance.beta})"
+            "parameters alpha and beta must satisfy alpha - beta = 1 "
+            f"(got alpha={instance.alpha}, beta={instance.beta})"
         )
 
 
@@ -170,6 +191,7 @@ class AlphaBeta(Rule):
         _check_alpha_beta(self, None, None)
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         xs, op, params = call.inputs, call.op, call.params()
         stab = self.stabilizer
@@ -204,6 +226,7 @@ class Gamma(Rule):
     zero_params: tuple[str, ...] = _zero_params()
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         xs, op, params = call.inputs, call.op, call.params()
         gamma, stab = self.gamma, self.stabilizer
@@ -266,6 +289,7 @@ class ZBox(Rule):
     zero_params: tuple[str, ...] = _zero_params()
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         xs, op, params = call.inputs, call.op, call.params()
         lows = tuple(_bound(self.low, x, "low", call.name) for x in xs)
@@ -292,6 +316,7 @@ class WSquare(Rule):
     zero_params: tuple[str, ...] = _zero_params()
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         ones = tuple(torch.ones_like(x) for x in call.inputs)
         squared = _modify(call.params(), torch.square, self.zero_params)
@@ -309,6 +334,7 @@ class Flat(Rule):
     zero_params: tuple[str, ...] = _zero_params()
 
     def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         ones = tuple(torch.ones_like(x) for x in call.inputs)
         flat = _modify(call.params(), torch.ones_like, _no_bias(self.zero_params))
