@@ -25,6 +25,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "attach_rules": "zplug.engine.attach",
     "default_registry": "zplug.registry",
+    "LayerMapping": "zplug.mapping",
+    "load_preset": "zplug.presets",
+    "Preset": "zplug.spec",
+    "presets": "zplug.presets",
+    "resolve": "zplug.resolver",
     "PluginRegistry": "zplug.registry",
     "Rule": "zplug.rules.base",
     "rule": "zplug.rules",
@@ -47,10 +52,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = (
+    "LayerMapping",
     "ModelMismatchError",
     "PluginConflictError",
     "PluginLoadError",
     "PluginRegistry",
+    "Preset",
     "RelevanceError",
     "Rule",
     "SpecError",
@@ -60,6 +67,9 @@ __all__ = (
     "__version__",
     "attach_rules",
     "default_registry",
+    "load_preset",
+    "presets",
+    "resolve",
     "hookimpl",
     "rule",
     "stabilize",

@@ -35,6 +35,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.rules.hooks",
     "zplug.canonizers.hooks",
     "zplug.layertypes",
+    "zplug.presets",
 )
 BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:epsilon"``
 ENTRY_POINT_GROUP = "zplug"

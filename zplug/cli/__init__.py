@@ -14,7 +14,10 @@ from collections.abc import Sequence
 
 from zplug.errors import ZplugError
 
-COMMANDS: tuple[str, ...] = ("zplug.cli.plugins",)
+COMMANDS: tuple[str, ...] = (
+    "zplug.cli.plugins",
+    "zplug.cli.presets",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

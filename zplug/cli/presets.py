@@ -1,0 +1,120 @@
+"""``zplug presets``, ``zplug check FILE...`` and ``zplug mapping MODEL --preset NAME|FILE``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from zplug.errors import ModelMismatchError, SpecError, UnknownNameError, ZplugError
+
+
+def add_parser(subparsers) -> None:
+    """Register the ``presets``, ``check`` and ``mapping`` sub-commands."""
+    parser = subparsers.add_parser("presets", help="list the available presets")
+    parser.set_defaults(run=run_presets)
+
+    parser = subparsers.add_parser("check", help="check preset files (exit 0 if all are valid, 2 otherwise)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="preset files (.toml) or registered preset names")
+    parser.set_defaults(run=run_check)
+
+    parser = subparsers.add_parser("mapping", help="show which rule each module of a model gets under a preset")
+    parser.add_argument(
+        "model", metavar="MODEL", help="a model name registered by a plugin, or package.module:factory (no arguments)"
+    )
+    parser.add_argument("--preset", required=True, metavar="NAME|FILE", help="a preset name or a TOML file")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a preset parameter (a TOML value, e.g. gamma=0.5, zero_params='[\"bias\"]'); "
+                             "repeatable")
+    parser.add_argument("--toml", action="store_true", help="print the mapping as an explicit preset instead")
+    parser.add_argument("--strict", action="store_true", help="fail if a module with parameters gets no rule")
+    parser.set_defaults(run=run_mapping)
+
+
+def run_presets(args) -> int:
+    """List presets with their summaries."""
+    from zplug.presets import list_presets
+
+    listing = list_presets()
+    width = max((len(name) for name in listing), default=0)
+    for name, summary in listing.items():
+        print(f"{name.ljust(width)}  {summary}")
+    return 0
+
+
+def run_check(args) -> int:
+    """Load every file; print ``FILE: ok`` or the one-line error of each."""
+    from zplug.presets import load_preset
+
+    status = 0
+    for file in args.files:
+        try:
+            preset = load_preset(file)
+        except ZplugError as exc:
+            print(f"zplug: error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        print(f"{file}: ok ({preset.name}: {len(list(preset.entries()))} entries)")
+    return status
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; values are read as TOML, falling back to plain strings."""
+    from zplug.spec import literal, parse_toml
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise SpecError(f"--param {item!r}: expected KEY=VALUE, e.g. --param gamma=0.5")
+        try:
+            value = parse_toml(f"value = {text}")["value"]
+        except SpecError:
+            value = text
+        try:
+            params[key] = literal(value)
+        except SpecError as exc:
+            raise SpecError(f"--param {key}: {exc.message}") from None
+    return params
+
+
+def load_model(spec: str):
+    """Build the model named by ``spec``: a registered model name, or ``package.module:factory``."""
+    import importlib
+
+    import torch
+
+    from zplug.registry import default_registry
+
+    models = default_registry().models
+    try:
+        factory = models[spec]
+    except UnknownNameError as exc:
+        if ":" not in spec:
+            raise UnknownNameError(f"{exc}; or give a factory as package.module:function") from None
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory: Any = importlib.import_module(module_name)
+        except ImportError as err:
+            raise ModelMismatchError(f"cannot import '{module_name}' for model '{spec}': {err}") from None
+        for part in attr.split("."):
+            if not hasattr(factory, part):
+                raise ModelMismatchError(f"module '{module_name}' has no '{attr}' (model '{spec}')") from None
+            factory = getattr(factory, part)
+    if not callable(factory):
+        raise ModelMismatchError(f"model '{spec}' is not callable; give a function that returns a torch.nn.Module")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise ModelMismatchError(f"model factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()
+
+
+def run_mapping(args) -> int:
+    """Resolve the preset for the model and print the table (or the explicit preset)."""
+    from zplug.resolver import resolve
+
+    params = parse_params(args.param)
+    model = load_model(args.model)
+    mapping = resolve(model, args.preset, strict=args.strict, **params)
+    print(mapping.to_toml() if args.toml else mapping, end="" if args.toml else "\n")
+    return 0
