@@ -25,6 +25,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "attach_rules": "zplug.engine.attach",
     "default_registry": "zplug.registry",
+    "explain": "zplug.explain",
+    "Explanation": "zplug.explain",
     "LayerMapping": "zplug.mapping",
     "load_preset": "zplug.presets",
     "Preset": "zplug.spec",
@@ -52,6 +54,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = (
+    "Explanation",
     "LayerMapping",
     "ModelMismatchError",
     "PluginConflictError",
@@ -66,6 +69,7 @@ __all__ = (
     "ZplugError",
     "__version__",
     "attach_rules",
+    "explain",
     "default_registry",
     "load_preset",
     "presets",

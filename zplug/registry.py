@@ -33,6 +33,7 @@ from zplug.errors import PluginConflictError, PluginLoadError, UnknownNameError,
 #: Modules that register zplug's own parts, through the same hooks plugins use.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.rules.hooks",
+    "zplug.attributors.hooks",
     "zplug.canonizers.hooks",
     "zplug.layertypes",
     "zplug.presets",
