@@ -57,7 +57,8 @@ class Occlusion(Attributor):
     windows that cover it, as Captum's ``Occlusion`` (with ``baselines=fill``).
 
     Windows never wrap around: they start at ``0, stride, 2 stride, ...`` and the last one is
-    cut at the edge, so every position is covered. An int ``window``/``stride`` applies to
+    cut at the edge, so every position is covered (unless ``stride > window``: positions no
+    window covers get 0). An int ``window``/``stride`` applies to
     every dimension after the channel dimension (all non-batch dimensions of a 2-D input);
     a tuple applies to the last ``len(tuple)`` dimensions, and the dimensions before them are
     covered whole. ``stride=None`` means ``stride=window`` (non-overlapping windows). With
@@ -125,7 +126,7 @@ class Occlusion(Attributor):
                 sums[i][(slice(None), *win)] += drop
                 counts[i][(slice(None), *win)] += 1
             problem.report(part.stop, len(plans))
-        return output, tuple(s / c for s, c in zip(sums, counts))
+        return output, tuple(s / c.clamp(min=1) for s, c in zip(sums, counts))
 
 
 def _per_dim(value: int | tuple[int, ...], dims: tuple[int, ...], name: str, full: bool = True) -> tuple[int, ...]:
