@@ -205,7 +205,8 @@ def test_blocked_plugin_is_never_loaded(entry_points, monkeypatch, blocked, via)
 
 def test_a_builtin_module_can_be_blocked(entry_points):
     registry = PluginRegistry(autoload=False, disable=["zplug.layertypes"])
-    assert registry.layer_types == {}
+    assert "convolution" not in registry.layer_types
+    assert "zplug.layertypes" not in registry.plugins(include_builtin=True)[0].modules
     assert "epsilon" in registry.rules
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,7 +28,10 @@ def run(args: argparse.Namespace) -> int:
     from zplug.registry import default_registry
 
     registry = default_registry()
-    infos = registry.plugins(include_builtin=args.all)
+    with warnings.catch_warnings():  # load errors are part of the listing, not warnings here
+        warnings.simplefilter("ignore", RuntimeWarning)
+        infos = registry.plugins(include_builtin=args.all)
+        conflicts = registry.conflicts()
     if args.json:
         print(json.dumps([info.to_dict() for info in infos], indent=2))
         return 0
@@ -35,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         print("no third-party plugins installed (--all shows zplug's built-in plugin)")
     for info in infos:
         print(format_plugin(info))
-    for kind, names in registry.conflicts().items():
+    for kind, names in conflicts.items():
         for name, owners in names.items():
             choices = " or ".join(f"'{owner}:{name}'" for owner in owners)
             print(f"conflict: {kind[:-1]} '{name}' is registered by {len(owners)} plugins; use {choices}")
