@@ -6,6 +6,8 @@ A rule is a frozen attrs class: its fields are its parameters, declared once wit
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -66,7 +68,7 @@ def parameter(
 
 # -- value checks ------------------------------------------------------------------------------
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def non_negative(name: str, value: Any) -> None:
@@ -184,7 +186,9 @@ def make_rule(rule_class: type[Rule], params: Mapping[str, Any]) -> Rule:
     valid = ", ".join(fields) or "none"
     for key in params:
         if key not in fields:
-            raise SpecError(f"rule '{rule_class.name}' has no parameter '{key}' (valid: {valid})")
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SpecError(f"rule '{rule_class.name}' has no parameter '{key}' ({hint}valid: {valid})")
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in params]
     if missing:
         doc = fields[missing[0]].metadata["doc"]
