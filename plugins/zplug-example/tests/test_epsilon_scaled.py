@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 from importlib.resources import files
 
 import pytest
@@ -113,8 +114,9 @@ def test_rule_is_usable_by_name(example_registry, name):
 
 
 def test_installed_entry_point_registers_the_rule():
-    registry = PluginRegistry(autoload=True, disable=())
-    assert registry.rules["example:epsilon_scaled"] is EpsilonScaled
+    others = [ep.name for ep in entry_points(group="zplug") if ep.name != "example"]
+    registry = PluginRegistry(autoload=True, disable=others)
+    assert registry.rules["epsilon_scaled"] is EpsilonScaled
     (info,) = [p for p in registry.plugins() if p.name == "example"]
     assert (info.distribution, info.error) == ("zplug-example", None)
 
