@@ -430,6 +430,8 @@ def _params(table: Any) -> dict[str, ParamDecl]:
 
 
 def _param(name: str, value: Any) -> ParamDecl:
+    if isinstance(value, Mapping) and "param" in value:
+        raise SpecError("a parameter cannot refer to another parameter; give it a value or a declaration")
     if isinstance(value, Mapping) and not any(k in value for k in _TENSOR_KEYS):
         _check_keys(value, ("default", "required", "doc"), "a parameter declaration")
         doc = ""

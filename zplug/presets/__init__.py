@@ -102,7 +102,7 @@ def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[str, 
         return preset
     if display in chain or len(chain) >= _MAX_DEPTH:
         cycle = " -> ".join((*chain, display))
-        raise SpecError(f"'extends' forms a cycle ({cycle})", file=display, keypath=("extends",))
+        raise SpecError(f"presets extend each other in a cycle ({cycle})", file=display, keypath=("extends",))
     parent_ref: str | Path = preset.extends
     if is_path(parent_ref) and isinstance(source, Path) and not Path(parent_ref).is_absolute():
         parent_ref = source.parent / parent_ref
