@@ -376,13 +376,14 @@ def contact_sheet(
     width = max(image.width for image in left + right) * scale
     height = max(image.height for image in left + right) * scale
     font = ImageFont.load_default()
-    text_height = 0
+    text_width = text_height = 0
     if labels is not None:
         boxes = [ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), str(label), font=font) for label in labels]
-        text_height = max(box[3] - box[1] for box in boxes) + padding
+        text_width = max(box[2] for box in boxes)
+        text_height = max(box[3] for box in boxes) + padding
     columns = columns or max(int(math.ceil(math.sqrt(count))), 1)
     rows = math.ceil(count / columns)
-    cell_w, cell_h = 2 * width + padding, height + text_height
+    cell_w, cell_h = max(2 * width + padding, text_width), height + text_height
     sheet = Image.new("RGB", (columns * (cell_w + padding) + padding, rows * (cell_h + padding) + padding), background)
     draw = ImageDraw.Draw(sheet)
     for index, (image, heat) in enumerate(zip(left, right)):
