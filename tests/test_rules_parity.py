@@ -252,3 +252,28 @@ def test_elementwise_rules_match_zennit(rule, module, dtype):
     x = _make_input((3, 4, 5), dtype, "signed")
     x[0, 0, :2] = 0.0
     _compare(make(), zplug_rule, zennit_rule, x, dtype)
+
+
+UNUSUAL = {
+    "conv2d_unbatched": (lambda: torch.nn.Conv2d(2, 3, 3, padding=1), (2, 5, 5)),
+    "conv1d_unbatched": (lambda: torch.nn.Conv1d(2, 3, 3, stride=2), (2, 7)),
+    "conv_transpose2d_unbatched": (lambda: torch.nn.ConvTranspose2d(2, 3, 3, stride=2), (2, 3, 3)),
+    "conv2d_same": (lambda: torch.nn.Conv2d(2, 3, (3, 2), padding="same"), (2, 2, 5, 5)),
+    "conv2d_valid": (lambda: torch.nn.Conv2d(2, 3, 3, padding="valid"), (2, 2, 5, 5)),
+    "conv2d_reflect": (lambda: torch.nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"), (2, 2, 5, 5)),
+    "conv1d_circular": (lambda: torch.nn.Conv1d(2, 3, 3, padding=2, padding_mode="circular"), (2, 2, 6)),
+    "linear_unbatched": (lambda: torch.nn.Linear(4, 3), (4,)),
+    "linear_sequence": (lambda: torch.nn.Linear(4, 3), (2, 5, 4)),
+    "batch_norm_eval": (lambda: torch.nn.BatchNorm2d(2).eval(), (2, 2, 3, 3)),
+}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("layer", UNUSUAL)
+@pytest.mark.parametrize("rule", ["epsilon", "zplus", "alpha2_beta1", "gamma", "zbox", "flat", "wsquare"])
+def test_unusual_layer_configurations_match_zennit(rule, layer, dtype):
+    make_module, shape = UNUSUAL[layer]
+    make_zplug, make_zennit = LINEAR_RULES[rule]
+    x = _make_input(shape, dtype, "signed")
+    _compare(make_module(), make_zplug(()), make_zennit(None), x, dtype)

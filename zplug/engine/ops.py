@@ -123,9 +123,13 @@ class ConvOp(LayerOp):
         if not self.explicit:
             return _autograd_transpose(self, grad, inputs, params)
         m = self.module
+        x = inputs[0]
+        unbatched = x.ndim == len(m.kernel_size) + 1  # (C, *spatial): the kernel needs a batch dimension
+        if unbatched:
+            x, grad = x.unsqueeze(0), grad.unsqueeze(0)
         grad_input, _, _ = torch.ops.aten.convolution_backward(
             grad.contiguous(),
-            inputs[0],
+            x,
             params["weight"],
             None,
             list(m.stride),
@@ -136,7 +140,7 @@ class ConvOp(LayerOp):
             m.groups,
             [True, False, False],
         )
-        return (grad_input,)
+        return (grad_input.squeeze(0) if unbatched else grad_input,)
 
 
 class GenericOp(LayerOp):
