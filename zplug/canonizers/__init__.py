@@ -1,5 +1,25 @@
 """Canonizers: temporary, exactly reverted rewrites that make a model fit for LRP."""
 
-from zplug.canonizers.base import Canonizer, applied_canonizers
+from zplug.canonizers.attribute import AttributeCanonizer
+from zplug.canonizers.base import (
+    Canonizer,
+    CanonizerError,
+    CompositeCanonizer,
+    applied_canonizers,
+    auto_canonizers,
+)
+from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm, merged_params
+from zplug.canonizers.residual import ResidualSum
 
-__all__ = ("Canonizer", "applied_canonizers")
+__all__ = (
+    "AttributeCanonizer",
+    "Canonizer",
+    "CanonizerError",
+    "CompositeCanonizer",
+    "MergeBatchNorm",
+    "NamedMergeBatchNorm",
+    "ResidualSum",
+    "applied_canonizers",
+    "auto_canonizers",
+    "merged_params",
+)

@@ -18,6 +18,12 @@ from typing import ClassVar
 import attrs
 import torch
 
+from zplug.errors import ZplugError
+
+
+class CanonizerError(ZplugError, ValueError):
+    """A canonizer cannot be applied to a model (the message says why and what to do)."""
+
 
 @attrs.frozen(kw_only=True)
 class Canonizer:
@@ -25,6 +31,9 @@ class Canonizer:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    #: Names of canonizers whose work this one already does (e.g. a model-family canonizer that
+    #: merges BatchNorm covers ``"merge_batchnorm"``); :func:`auto_canonizers` drops those.
+    covers: ClassVar[tuple[str, ...]] = ()
 
     @contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
@@ -37,6 +46,33 @@ class Canonizer:
         return []
 
 
+@attrs.frozen(kw_only=True)
+class CompositeCanonizer(Canonizer):
+    """Several canonizers applied in order and reverted in reverse order.
+
+    Subclasses (model-family canonizers) override :meth:`parts`; the base class applies the
+    ``canonizers`` field.
+    """
+
+    name: ClassVar[str] = "composite"
+    summary: ClassVar[str] = "apply several canonizers in order, revert them in reverse order"
+    canonizers: tuple[Canonizer, ...] = attrs.field(default=(), converter=tuple)
+
+    def parts(self) -> tuple[Canonizer, ...]:
+        """Return the canonizers this one is made of, in the order they are applied."""
+        return self.canonizers
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Apply :meth:`parts` in order; revert them in reverse order, also on errors."""
+        with applied_canonizers(model, self.parts()):
+            yield model
+
+    def describe(self, model: torch.nn.Module) -> list[str]:
+        """Concatenate the descriptions of :meth:`parts`."""
+        return [line for part in self.parts() for line in part.describe(model)]
+
+
 @contextmanager
 def applied_canonizers(model: torch.nn.Module, canonizers: Sequence[Canonizer]) -> Iterator[torch.nn.Module]:
     """Apply ``canonizers`` in order and undo them in reverse order, also on errors."""
@@ -46,4 +82,31 @@ def applied_canonizers(model: torch.nn.Module, canonizers: Sequence[Canonizer]) 
         yield model
 
 
-__all__ = ("Canonizer", "applied_canonizers")
+def auto_canonizers(model: torch.nn.Module, registry=None) -> list[tuple[str, str, str]]:
+    """The canonizers ``canonizers = "auto"`` chooses for ``model``: ``[(name, reason, plugin), ...]``.
+
+    Every plugin's ``zplug_suggest_canonizers`` is asked (model-family plugins first, then the
+    built-in generic canonizers); a suggestion that another suggested canonizer already covers
+    (its class attribute :attr:`Canonizer.covers`) is dropped, so a ResNet gets the torchvision
+    ``resnet`` canonizer rather than that plus the generic ``merge_batchnorm`` and ``residual_sum``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model to canonize.
+    registry : zplug.registry.PluginRegistry or None
+        Where to look the canonizers up; the default registry if ``None``.
+    """
+    if registry is None:
+        from zplug.registry import default_registry
+
+        registry = default_registry()
+    suggested = registry.suggest_canonizers(model)
+    covered: set[str] = set()
+    for name, _, plugin in suggested:
+        cls = registry.canonizers.entry(f"{plugin}:{name}" if f"{plugin}:{name}" in registry.canonizers else name).obj
+        covered.update(getattr(cls, "covers", ()))
+    return [(n, r, p) for n, r, p in suggested if n not in covered]
+
+
+__all__ = ("Canonizer", "CanonizerError", "CompositeCanonizer", "applied_canonizers", "auto_canonizers")
