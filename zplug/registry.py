@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.canonizers.hooks",
     "zplug.layertypes",
     "zplug.presets",
+    "zplug.demo.hooks",
 )
 BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:epsilon"``
 ENTRY_POINT_GROUP = "zplug"

@@ -1,0 +1,56 @@
+"""The bundled demo: a procedurally generated shape task, a small trained CNN and sample images.
+
+* :func:`generate` makes ``images, labels, masks`` (coloured shapes on textured, noisy
+  backgrounds; the class is the shape, the mask the pixels it covers);
+* :func:`load_model` returns the trained :class:`DemoNet` (BatchNorm after every convolution,
+  one residual block summed by :class:`zplug.layers.Sum`);
+* :func:`load_samples` reads the committed ``samples/<class>/*.png``.
+
+``python -m zplug.demo.train`` reproduces the weights and samples. Attributes are imported
+lazily, so importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from zplug.demo.data import CLASSES, IMAGE_SIZE
+
+_LAZY = {
+    "generate": "zplug.demo.data",
+    "generate_numpy": "zplug.demo.data",
+    "DemoNet": "zplug.demo.model",
+    "load_model": "zplug.demo.model",
+    "weights_path": "zplug.demo.model",
+    "load_samples": "zplug.demo.samples",
+    "sample_files": "zplug.demo.samples",
+    "samples_dir": "zplug.demo.samples",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zplug.demo' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = (
+    "CLASSES",
+    "IMAGE_SIZE",
+    "DemoNet",
+    "generate",
+    "generate_numpy",
+    "load_model",
+    "load_samples",
+    "sample_files",
+    "samples_dir",
+    "weights_path",
+)
