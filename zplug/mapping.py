@@ -309,9 +309,24 @@ def _toml_data(value: Any, where: str) -> Any:
 
 
 def _init_params(obj: Any) -> dict[str, Any]:
+    """The constructor arguments of an attrs instance that differ from their defaults."""
     if not attrs.has(type(obj)):
         return {}
-    return {getattr(f, "alias", None) or f.name: getattr(obj, f.name) for f in attrs.fields(type(obj)) if f.init}
+    params = {}
+    for field in attrs.fields(type(obj)):
+        if not field.init:
+            continue
+        value = getattr(obj, field.name)
+        default = field.default
+        if isinstance(default, attrs.Factory) and not default.takes_self:  # type: ignore[arg-type]
+            default = default.factory()
+        try:
+            if default is not attrs.NOTHING and bool(value == default):
+                continue
+        except Exception:  # e.g. tensors: keep the value  # noqa: BLE001, S110
+            pass
+        params[field.alias or field.name] = value
+    return params
 
 
 def mapping_document(mapping: LayerMapping) -> dict[str, Any]:
