@@ -255,3 +255,31 @@ def test_second_order_gradient_of_epsilon_matches_the_formula():
     (d_relevance_out,) = torch.autograd.grad(relevance.sum(), relevance_out)
     # sum_i x_i sum_j w_ji r_j / z_j = sum_j r_j: the derivative is exactly one (conservation)
     torch.testing.assert_close(d_relevance_out, torch.ones_like(relevance_out), rtol=1e-12, atol=1e-12)
+
+
+def test_second_order_through_several_layers_uses_plain_gradients_after_the_block():
+    """Differentiating relevance w.r.t. the input passes earlier layers: there the plain gradient applies."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Softplus(), torch.nn.Linear(5, 3)).double()
+    relevance_out = torch.randn((2, 3), dtype=F64)
+    assignment = {"0": pr.Epsilon(epsilon=0.1), "2": pr.Gamma()}
+
+    def relevance(x):
+        with attach_rules(model, assignment):
+            (rel,) = torch.autograd.grad(model(x), x, relevance_out, create_graph=True)
+        return rel
+
+    x = torch.randn((2, 4), dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(relevance, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_a_graph_built_inside_the_block_gives_plain_gradients_after_it():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).double()
+    (x,) = _leaves((2, 4))
+    with attach_rules(model, {"0": pr.ZPlus(), "1": pr.Pass(), "2": pr.AlphaBeta()}):
+        out = model(x)
+    (gradient,) = torch.autograd.grad(out.sum(), x)
+    (plain,) = torch.autograd.grad(model(x).sum(), x)
+    torch.testing.assert_close(gradient, plain, rtol=1e-12, atol=1e-14)
+    with attach_rules(model, {"0": pr.ZPlus(), "1": pr.Pass(), "2": pr.AlphaBeta()}):
+        (relevance,) = torch.autograd.grad(model(x).sum(), x)
+    assert not torch.allclose(relevance, plain)  # inside the block the same graph gives relevance

@@ -92,6 +92,8 @@ def attach_rules(
             bindings[name] = binding
         yield bindings
     finally:
+        for binding in bindings.values():
+            binding.active = False  # graphs that outlive the block give plain gradients (as after Zennit's remove)
         for patch in reversed(patches):
             patch.undo()
 

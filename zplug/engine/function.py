@@ -142,6 +142,8 @@ class _RuleFunction(torch.autograd.Function):
                 "layer's forward pass, so its relevance cannot be computed; make the operation that modified it "
                 "out of place (e.g. 'x = x + 1' instead of 'x += 1')"
             ) from None
+        if not binding.active:  # after attach_rules exited (e.g. a second-order pass): the plain gradient
+            return (None, None, *_plain_gradient(binding, ctx.spec, inputs, grad_outputs))
         call = LayerCall(binding, ctx.spec, inputs, ctx.outputs)
         with rule_computation():
             relevance = tuple(binding.rule.backward(call, grad_outputs))
@@ -159,6 +161,29 @@ class _RuleFunction(torch.autograd.Function):
         for observer in binding.observers:
             observer(binding, call, grad_outputs, relevance)
         return (None, None, *relevance)
+
+
+def _plain_gradient(binding: Binding, spec: _ArgSpec, inputs: tuple, grad_outputs: tuple) -> tuple:
+    """The ordinary vector-Jacobian product of the module's forward with respect to its inputs.
+
+    Parameters are not inputs of the rule's autograd node, so they get no gradient through it.
+    """
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad(), rule_computation():
+        leaves = tuple(x if (create_graph and x.requires_grad) else x.detach().requires_grad_() for x in inputs)
+        args, kwargs = spec.rebuild(leaves)
+        output = binding.original_forward(*args, **kwargs)
+        outputs = output if isinstance(output, tuple) else (output,)
+        pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+        if not pairs:
+            return (None,) * len(inputs)
+        return torch.autograd.grad(
+            [o for o, _ in pairs],
+            leaves,
+            [g for _, g in pairs],
+            allow_unused=True,
+            create_graph=create_graph,
+        )
 
 
 class Binding:
@@ -182,10 +207,13 @@ class Binding:
         self.rule = rule
         self.original_forward = original_forward
         self.observers: list[Observer] = []
+        #: While True, backward passes through this module compute relevance; ``attach_rules``
+        #: sets it to False on exit, so graphs built inside the block then give plain gradients.
+        self.active = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module; under autograd, route its gradient through the rule."""
-        if inside_rule() or not torch.is_grad_enabled():
+        if inside_rule() or not torch.is_grad_enabled() or not self.active:
             return self.original_forward(*args, **kwargs)
         spec = _ArgSpec(args, kwargs)
         tensors = spec.tensors()
