@@ -17,6 +17,7 @@ from zplug.errors import ZplugError
 COMMANDS: tuple[str, ...] = (
     "zplug.cli.plugins",
     "zplug.cli.presets",
+    "zplug.cli.explain",
 )
 
 

@@ -1,0 +1,240 @@
+"""Models for ``zplug explain``: the demo, registered names and factories, weights, input conventions.
+
+A model's *input convention* (:class:`Convention`) says how image files become its inputs
+(resize, crop, mean/std normalisation, see :class:`zplug.inputs.Preprocess`) and, if known, the
+names of its classes. It is decided in this order:
+
+1. the bundled demo model (``--demo`` or ``--model demo``): 32x32 inputs in [0, 1], its four shape classes;
+2. a model with an attribute ``zplug_input``, a dict with any of the keys ``resize``, ``crop``,
+   ``mean``, ``std`` and ``classes`` (a factory can set it on the model it returns);
+3. a torchvision model (its class is defined in a ``torchvision`` module): ImageNet's
+   convention, resize 256, crop 224, normalised with ImageNet's mean and std (as Zennit's example);
+4. any other model: images as they are, in [0, 1].
+
+Command-line options (``--resize``, ``--crop``, ``--normalize``, ``--mean``/``--std``,
+``--class-names``) override single parts of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from zplug.errors import ModelMismatchError, SpecError
+from zplug.inputs import InputError, Preprocess
+
+#: ImageNet's per-channel mean and standard deviation of images in [0, 1] (torchvision's values).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: The convention of torchvision's ImageNet classifiers (and Zennit's example script).
+IMAGENET = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+@attrs.frozen(kw_only=True)
+class Convention:
+    """How images become a model's inputs, and what its outputs are called.
+
+    Attributes
+    ----------
+    preprocess : Preprocess
+        Resize, crop and normalisation.
+    classes : tuple of str or None
+        The class names in output order, if known.
+    source : str
+        Where the convention came from (shown in the summary).
+    """
+
+    preprocess: Preprocess
+    classes: tuple[str, ...] | None = None
+    source: str = "default"
+
+
+@attrs.frozen(kw_only=True)
+class LoadedModel:
+    """A model ready to explain: the module in ``eval()`` mode, its label and input convention."""
+
+    module: Any
+    label: str
+    convention: Convention
+
+
+def load_weights(model: Any, path: str, label: str) -> None:
+    """Load a ``state_dict`` file into ``model`` with ``torch.load(..., weights_only=True)``.
+
+    A checkpoint dict with a ``"state_dict"`` entry is unpacked.
+
+    Raises
+    ------
+    InputError
+        If the file is missing or not a weights-only torch file.
+    ModelMismatchError
+        If the weights do not fit the model.
+    """
+    import torch
+
+    if not Path(path).is_file():
+        raise InputError(f"weights file '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; all mean "not loadable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"cannot load weights '{path}' (a state_dict saved with torch.save is needed): {first}"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"weights file '{path}' holds a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
+        raise ModelMismatchError(f"weights '{path}' do not fit model '{label}': {detail}") from None
+
+
+def build_model(model: str | None, demo: bool, weights: str | None) -> LoadedModel:
+    """Build the model that ``--model``/``--demo``/``--weights`` describe, in evaluation mode.
+
+    Raises
+    ------
+    SpecError
+        If neither or both of ``model`` and ``demo`` are given.
+    UnknownNameError, ModelMismatchError, InputError
+        For an unknown model, a factory that fails, or weights that cannot be loaded.
+    """
+    if demo and model:
+        raise SpecError("give either --demo or --model, not both")
+    if demo:
+        from zplug.demo.model import DemoNet, weights_path
+
+        module = DemoNet()
+        load_weights(module, str(weights or weights_path()), "demo")
+        return LoadedModel(module=module.eval(), label="demo", convention=convention_of(module))
+    if not model:
+        raise SpecError("no model: give --model NAME (a registered model or package.module:factory) or --demo")
+    from zplug.cli.presets import load_model
+
+    module = load_model(model)
+    if weights:
+        load_weights(module, weights, model)
+    return LoadedModel(module=module.eval(), label=model, convention=convention_of(module))
+
+
+def convention_of(module: Any) -> Convention:
+    """Return the input convention of ``module`` (see the module docstring)."""
+    from zplug.demo.model import DemoNet
+
+    if isinstance(module, DemoNet):
+        from zplug.demo.data import CLASSES, IMAGE_SIZE
+
+        preprocess = Preprocess(resize=IMAGE_SIZE, crop=IMAGE_SIZE)
+        return Convention(preprocess=preprocess, classes=tuple(CLASSES), source="demo model convention")
+    declared = getattr(module, "zplug_input", None)
+    if isinstance(declared, dict):
+        unknown = sorted(set(declared) - {"resize", "crop", "mean", "std", "classes"})
+        if unknown:
+            raise ModelMismatchError(
+                f"{type(module).__name__}.zplug_input has unknown keys {unknown} "
+                "(known: classes, crop, mean, resize, std)"
+            )
+        mean, std = declared.get("mean"), declared.get("std")
+        classes = declared.get("classes")
+        preprocess = Preprocess(
+            resize=declared.get("resize"),
+            crop=declared.get("crop"),
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
+        )
+        return Convention(
+            preprocess=preprocess, classes=None if classes is None else tuple(classes), source="model.zplug_input"
+        )
+    if type(module).__module__.split(".")[0] == "torchvision":
+        return Convention(preprocess=IMAGENET, source="torchvision model: ImageNet convention")
+    return Convention(preprocess=Preprocess(), source="default")
+
+
+def _channels(option: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SpecError(f"{option} {text!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406") from None
+    if len(values) not in (1, 3):
+        raise SpecError(f"{option} {text!r}: give 1 or 3 numbers (one per colour channel), not {len(values)}")
+    return values * 3 if len(values) == 1 else values
+
+
+def with_options(
+    convention: Convention,
+    *,
+    resize: int | None = None,
+    crop: int | None = None,
+    normalize: str = "auto",
+    mean: str | None = None,
+    std: str | None = None,
+    class_names: str | None = None,
+) -> Convention:
+    """Override parts of ``convention`` with command-line options (``0`` turns resize or crop off).
+
+    Raises
+    ------
+    SpecError
+        For a lone ``--mean``/``--std``, malformed numbers, or a zero standard deviation.
+    InputError
+        If the class-names file does not exist.
+    """
+    pre = convention.preprocess
+    if resize is not None:
+        pre = attrs.evolve(pre, resize=resize or None)
+    if crop is not None:
+        pre = attrs.evolve(pre, crop=crop or None)
+    if (mean is None) != (std is None):
+        raise SpecError("--mean and --std go together: give both, e.g. --mean 0.5 --std 0.25")
+    if mean is not None and std is not None:
+        means, stds = _channels("--mean", mean), _channels("--std", std)
+        if any(v == 0 for v in stds):
+            raise SpecError(f"--std {std!r}: a standard deviation of 0 divides by zero")
+        pre = attrs.evolve(pre, mean=means, std=stds)
+    elif normalize == "imagenet":
+        pre = attrs.evolve(pre, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    elif normalize == "none":
+        pre = attrs.evolve(pre, mean=None, std=None)
+    classes = convention.classes
+    if class_names is not None:
+        classes = read_class_names(class_names)
+    return attrs.evolve(convention, preprocess=pre, classes=classes)
+
+
+def read_class_names(path: str) -> tuple[str, ...]:
+    """Read class names, one per line in output order (blank lines and ``#`` comments are skipped)."""
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"class-names file '{path}' does not exist")
+    names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
+    return tuple(name for name in names if name and not name.startswith("#"))
+
+
+def class_name(classes: Sequence[str] | None, index: int) -> str:
+    """Return the name of class ``index``, or the index itself when the names are unknown."""
+    if classes is not None and 0 <= index < len(classes):
+        return classes[index]
+    return str(index)
+
+
+__all__ = (
+    "IMAGENET",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Convention",
+    "LoadedModel",
+    "build_model",
+    "class_name",
+    "convention_of",
+    "load_weights",
+    "read_class_names",
+    "with_options",
+)
