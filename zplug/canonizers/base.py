@@ -85,8 +85,8 @@ def applied_canonizers(model: torch.nn.Module, canonizers: Sequence[Canonizer]) 
 def auto_canonizers(model: torch.nn.Module, registry=None) -> list[tuple[str, str, str]]:
     """The canonizers ``canonizers = "auto"`` chooses for ``model``: ``[(name, reason, plugin), ...]``.
 
-    Every plugin's ``zplug_suggest_canonizers`` is asked (model-family plugins first, then the
-    built-in generic canonizers); a suggestion that another suggested canonizer already covers
+    Every plugin's ``zplug_suggest_canonizers`` is asked; third-party (model-family) suggestions
+    come first, then the built-in generic canonizers. A suggestion that another suggested canonizer already covers
     (its class attribute :attr:`Canonizer.covers`) is dropped, so a ResNet gets the torchvision
     ``resnet`` canonizer rather than that plus the generic ``merge_batchnorm`` and ``residual_sum``.
 
@@ -101,10 +101,15 @@ def auto_canonizers(model: torch.nn.Module, registry=None) -> list[tuple[str, st
         from zplug.registry import default_registry
 
         registry = default_registry()
-    suggested = registry.suggest_canonizers(model)
+    from zplug.registry import BUILTIN
+
+    # Model-specific canonizers first: a generic one applied first (residual_sum installs a
+    # traced forward that inlines submodules) would hide the forwards a family canonizer replaces.
+    suggested = sorted(registry.suggest_canonizers(model), key=lambda item: item[2] == BUILTIN)
     covered: set[str] = set()
     for name, _, plugin in suggested:
-        cls = registry.canonizers.entry(f"{plugin}:{name}" if f"{plugin}:{name}" in registry.canonizers else name).obj
+        qualified = f"{plugin}:{name}"
+        cls = registry.canonizers[qualified if qualified in registry.canonizers else name]
         covered.update(getattr(cls, "covers", ()))
     return [(n, r, p) for n, r, p in suggested if n not in covered]
 

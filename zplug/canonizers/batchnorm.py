@@ -63,9 +63,8 @@ def merged_params(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._Batch
     """
     with torch.no_grad():
         weight = module.weight
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = bn.weight * scale
+        denominator = (bn.running_var + bn.eps) ** 0.5
+        scale = bn.weight / denominator if bn.weight is not None else 1 / denominator
         scale = scale.to(weight.dtype)
         if isinstance(module, _CONV_T):
             groups = module.groups

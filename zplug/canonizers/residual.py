@@ -41,10 +41,10 @@ def _non_tensor(node: object) -> bool:
             return True
         if node.target in (len, operator.getitem) and node.args and _non_tensor(node.args[0]):
             return True
-        if node.target in (operator.add, operator.sub, operator.mul, operator.floordiv) and any(
+        if node.target in (operator.add, operator.sub, operator.mul, operator.floordiv) and all(
             _non_tensor(a) for a in node.args
         ):
-            return True
+            return True  # arithmetic on shapes and numbers only
     return False
 
 
