@@ -79,6 +79,8 @@ _BLOCK_FORWARDS = (
 
 def residual_block_attributes(name: str, module: torch.nn.Module) -> dict[str, Any] | None:
     """Attributes for torchvision's residual blocks: a ``Sum`` child and a forward that uses it."""
+    if getattr(module, "use_res_connect", True) is False:
+        return None  # an inverted residual block without residual connection: nothing to route
     for cls, forward in _BLOCK_FORWARDS:
         if type(module) is cls:
             return {SUM: Sum(), "forward": bound(forward, module)}
