@@ -19,9 +19,6 @@ torchvision = pytest.importorskip("torchvision")
 import zplug  # noqa: E402
 
 TOLERANCE = 1e-5  # max |zplug - zennit| / max |zennit|, float32
-# With BatchNorm merged, the two canonizers round the merged parameters differently (float32 ulps);
-# alpha-beta's split denominators amplify that to ~8e-5 on vgg11_bn (float64 agrees to 2e-14).
-TOLERANCE_MERGED = 1e-4
 
 
 def _bounds(shape):
@@ -111,7 +108,7 @@ def _relevance(context, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     return out.detach(), relevance
 
 
-def _compare(model_name: str, preset: str, *, canonizer: bool, tolerance: float = TOLERANCE) -> None:
+def _compare(model_name: str, preset: str, *, canonizer: bool) -> None:
     model, x = _model(model_name)
     zennit_cls, params = _cases(tuple(x.shape))[preset]
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -125,7 +122,7 @@ def _compare(model_name: str, preset: str, *, canonizer: bool, tolerance: float 
     torch.testing.assert_close(out_p, out_z, rtol=1e-5, atol=1e-5)
     assert rel_z.abs().max() > 0, "Zennit's relevance is all zero: the case tests nothing"
     rel_err = ((rel_p - rel_z).abs().max() / rel_z.abs().max()).item()
-    assert rel_err <= tolerance, f"{preset} on {model_name}: max relative difference {rel_err:.2e}"
+    assert rel_err <= TOLERANCE, f"{preset} on {model_name}: max relative difference {rel_err:.2e}"
     for key, value in model.state_dict().items():  # both libraries restored the model
         assert torch.equal(value, state[key]), key
 
@@ -147,7 +144,7 @@ def test_preset_with_batchnorm_merge_matches_zennit(registry, preset, model_name
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             monkeypatch.setattr(module, "eps", 1e-30)
-    _compare(model_name, preset, canonizer=True, tolerance=TOLERANCE_MERGED)
+    _compare(model_name, preset, canonizer=True)
 
 
 def test_every_builtin_preset_is_compared(registry):
