@@ -345,3 +345,22 @@ def test_resolve_accepts_a_path(registry, tmp_path):
     path.write_text("schema = 1\n" + LAYERS)
     assert zplug.resolve(_cnn(), path).preset.name == "mine"
     assert zplug.resolve(_cnn(), str(path)).rules.keys() == zplug.resolve(_cnn(), _preset(LAYERS)).rules.keys()
+
+
+def test_auto_canonizers_merge_batchnorm(registry):
+    if "merge_batchnorm" not in registry.canonizers:
+        pytest.skip("canonizer 'merge_batchnorm' is not registered yet (issue 4)")
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
+    auto = zplug.resolve(model, "epsilon_plus")
+    assert [c.name for c in auto.canonizers] == ["merge_batchnorm"]
+    assert auto.canonizers[0].reason.startswith("auto: ") and auto.canonizers[0].changes
+    explicit = zplug.resolve(model, "epsilon_plus", canonizers=["merge_batchnorm"])
+    x = torch.randn(1, 3, 6, 6, requires_grad=True)
+    results = []
+    for mapping in (auto, explicit):
+        with mapping.applied(model) as m:
+            out = m(x)
+            results.append(torch.autograd.grad(out, x, torch.ones_like(out))[0])
+    assert torch.equal(results[0], results[1])
+    assert zplug.resolve(model, zplug.spec.Preset.from_toml(auto.to_toml(), name="x")).same_as(auto)

@@ -245,10 +245,16 @@ def _choose_canonizers(
 
 
 def _auto(model: torch.nn.Module, registry: PluginRegistry) -> list[CanonizerChoice]:
+    """The canonizers plugins suggest, ordered and de-duplicated by :func:`zplug.canonizers.auto_canonizers`."""
+    from zplug.canonizers import base
+
+    choose = getattr(base, "auto_canonizers", None)
+    suggested = choose(model, registry) if choose is not None else registry.suggest_canonizers(model)
     choices = []
-    for name, reason, plugin in registry.suggest_canonizers(model):
-        canonizer = build_part("canonizer", registry.canonizers[name], {})
-        choices.append(_choice(name, canonizer, f"auto: {reason}", model, plugin))
+    for name, reason, plugin in suggested:
+        qualified = f"{plugin}:{name}"
+        cls = registry.canonizers[qualified if qualified in registry.canonizers else name]
+        choices.append(_choice(name, build_part("canonizer", cls, {}), f"auto: {reason}", model, plugin))
     return choices
 
 
