@@ -261,8 +261,9 @@ def parse_target(text: str, classes, samples: list) -> Any:
     except ValueError:
         names = f", or a class name ({', '.join(classes)})" if classes else ""
         raise CommandError(f"--target {text!r}: use label, pred, a class index{names}") from None
-    if index < 0:
-        raise CommandError(f"--target {index}: a class index is 0 or more")
+    if index < 0 or (classes is not None and index >= len(classes)):
+        known = f"0 to {len(classes) - 1}" if classes else "0 or more"
+        raise CommandError(f"--target {index}: a class index is {known}")
     return index
 
 
