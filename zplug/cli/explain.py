@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,23 @@ def run(args) -> int:
             raise CommandError("--device cuda: CUDA is not available here; use --device cpu")
     with context(args.device) as ctx:
         device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.distributed else args.device
-        plan = prepare(args, device)
-        records, sheet, ledgers, failure = work(plan, ctx)
-        gathered = ctx.all_gather((records, sheet, ledgers, _describe_failure(failure)))
-        if failure is not None and not (ctx.distributed and isinstance(failure, ZplugError) and not ctx.is_main):
-            raise failure
-        failed = [(rank, part[3]) for rank, part in enumerate(gathered) if part[3] is not None]
+        plan, results, failure = None, ([], [], []), None
+        try:
+            plan = prepare(args, device)
+            results = work(plan, ctx)
+        except Exception as exc:  # noqa: BLE001 - every process must hear of it before any exits
+            if not ctx.distributed:
+                raise
+            failure = exc
+        gathered = ctx.all_gather((*results, _describe_failure(failure)))
+        failed = [part[3] for part in gathered if part[3] is not None]
         if failed:
+            # torchrun stops every process once one exits with an error: report first, then leave together
+            if failure is not None and not isinstance(failure, ZplugError):
+                traceback.print_exception(failure)
             if ctx.is_main:
-                raise ZplugError(failed[0][1])
+                print(f"zplug: error: {failed[0]}", file=sys.stderr, flush=True)
+            ctx.barrier()
             return 2
         if ctx.is_main:
             finish(plan, gathered, time.perf_counter() - start, ctx.world_size)
@@ -297,8 +306,8 @@ def build_method(args, model, convention, device: str, params: dict, attributor_
     return attributor, mapping
 
 
-def work(plan: Plan, ctx) -> tuple[list[Record], list, list, BaseException | None]:
-    """Explain this process's batches and write their files; errors are returned, not raised."""
+def work(plan: Plan, ctx) -> tuple[list[Record], list, list]:
+    """Explain this process's batches and write their files; return records, sheet cells and ledgers."""
     from zplug.cli._progress import ProgressBar
 
     args = plan.args
@@ -321,11 +330,9 @@ def work(plan: Plan, ctx) -> tuple[list[Record], list, list, BaseException | Non
             if ledger is not None:
                 ledgers.append((number, first, first + len(batches[number]) - 1, ledger))
             bar.update(len(batches[number]))
-    except Exception as exc:  # noqa: BLE001 - reported after the other processes are heard
-        return records, sheet, ledgers, exc
     finally:
         bar.close()
-    return records, sheet, ledgers, None
+    return records, sheet, ledgers
 
 
 def explain_batch(plan: Plan, number: int, first: int, samples: list):
