@@ -451,7 +451,9 @@ def describe_attributor(attributor: Any) -> str:
 def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: float, world_size: int) -> str:
     """Return the lines printed at the end of a run."""
     args = plan.args
-    method = f"preset {args.preset}" if args.preset else "no preset (plain gradients)"
+    method = f"preset {args.preset}" if args.preset else "no preset"
+    if not args.preset and plan.attributor.uses_gradient:
+        method += " (plain gradients)"
     if args.preset and not plan.attributor.uses_gradient:
         method += f" (unused: {plan.attributor.name} uses no gradients)"
     lines = [
