@@ -188,10 +188,45 @@ def _autograd_transpose(op: LayerOp, grad, inputs, params):
     return tuple(g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs))
 
 
+class SumOp(LayerOp):
+    """:class:`zplug.layers.Sum`: several summands (broadcast), or one tensor summed over ``dim``."""
+
+    def __init__(self, module) -> None:
+        self.dim = module.dim
+
+    def forward(self, inputs, params):
+        """Return the layer's output for ``inputs``."""
+        if len(inputs) == 1:
+            return torch.sum(inputs[0], dim=self.dim)
+        total = inputs[0]
+        for other in inputs[1:]:
+            total = total + other
+        return total
+
+    def transpose(self, grad, inputs, params):
+        """Return ``J^T grad`` for each input (summed over broadcast dimensions)."""
+        if len(inputs) == 1:
+            return (grad.unsqueeze(self.dim).expand_as(inputs[0]),)
+        return tuple(_unbroadcast(grad, x.shape) for x in inputs)
+
+
+def _unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``grad`` over the dimensions that broadcasting added or expanded to reach ``shape``."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    return grad.sum(dim=dims, keepdim=True).reshape(shape) if dims else grad.reshape(shape)
+
+
 def op_for(
     module: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any], forward: Callable[..., Any], rebuild: Callable
 ) -> LayerOp:
     """Choose the fastest exact :class:`LayerOp` for one call of ``module``."""
+    from zplug.layers import Sum
+
+    if type(module) is Sum and not kwargs and all(isinstance(a, torch.Tensor) for a in args):
+        return SumOp(module)
     if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
         if isinstance(module, torch.nn.Linear) and type(module).forward is torch.nn.Linear.forward:
             return LinearOp()
@@ -216,6 +251,7 @@ _CONV_FORWARDS = tuple(
 __all__ = (
     "ConvOp",
     "GenericOp",
+    "SumOp",
     "LayerOp",
     "LinearOp",
     "Params",

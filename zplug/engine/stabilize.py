@@ -50,7 +50,9 @@ def stabilize(
 def apply_stabilizer(stabilizer: StabilizerLike, z: torch.Tensor) -> torch.Tensor:
     """Stabilise ``z`` with a float (``stabilize(z, value)``) or a callable ``f(z) -> z'``."""
     if isinstance(stabilizer, Real):
-        return stabilize(z, float(stabilizer))
+        # Same numbers as ``stabilize(z, eps)`` (sign(0) = +1) in fewer element-wise passes.
+        eps = torch.tensor(float(stabilizer), dtype=z.dtype, device=z.device)
+        return z + torch.where(z >= 0, eps, -eps)
     return stabilizer(z)
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
+from zplug.engine.ops import ConvOp, LinearOp
 from zplug.engine.stabilize import apply_stabilizer
 from zplug.errors import RelevanceError
 from zplug.rules.base import (
@@ -74,7 +75,17 @@ def _as_tuple(value: torch.Tensor | Tensors) -> Tensors:
 
 
 def _non_negative(xs: Tensors) -> bool:
-    return all(not bool((x < 0).any()) for x in xs)
+    """True if no input has a negative entry (then every ``x-`` term is an exact zero and is skipped)."""
+    return all(x.numel() == 0 or bool(x.min() >= 0) for x in xs)
+
+
+def _affine(call: LayerCall, zero_params: tuple[str, ...]) -> bool:
+    """True if ``z = f(x; W+, b+) + f(x; W-, b-)`` holds, so the stored output saves a forward pass.
+
+    That is the case for dense and convolution layers (linear in their parameters) when no
+    parameter is zeroed (the stored output includes every parameter).
+    """
+    return not zero_params and isinstance(call.op, (LinearOp, ConvOp))
 
 
 def _add(a: Tensors, b: Tensors) -> Tensors:
@@ -154,10 +165,10 @@ class ZPlus(Rule):
         relevance = _relevance_out(call, grad_outputs, self.name)
         xs, op, params = call.inputs, call.op, call.params()
         pos = _modify(params, _positive, self.zero_params)
+        if _non_negative(xs):  # the x- terms are exact zeros, and x+ is x
+            scaled = relevance / apply_stabilizer(self.stabilizer, op.forward(xs, pos))
+            return _mul(xs, op.transpose(scaled, xs, pos))
         x_pos = tuple(x.clamp(min=0) for x in xs)
-        if _non_negative(xs):  # the x- terms are exact zeros
-            scaled = relevance / apply_stabilizer(self.stabilizer, op.forward(x_pos, pos))
-            return _mul(x_pos, op.transpose(scaled, x_pos, pos))
         neg = _modify(params, _negative, _no_bias(self.zero_params))
         x_neg = tuple(x.clamp(max=0) for x in xs)
         z = op.forward(x_pos, pos) + op.forward(x_neg, neg)
@@ -197,13 +208,16 @@ class AlphaBeta(Rule):
         stab = self.stabilizer
         pos = _modify(params, _positive, self.zero_params)
         neg = _modify(params, _negative, self.zero_params)
-        x_pos = tuple(x.clamp(min=0) for x in xs)
         if _non_negative(xs):
-            s_pos = relevance / apply_stabilizer(stab, op.forward(x_pos, pos))
-            s_neg = relevance / apply_stabilizer(stab, op.forward(x_pos, neg))
-            r_pos = _mul(x_pos, op.transpose(s_pos, x_pos, pos))
-            r_neg = _mul(x_pos, op.transpose(s_neg, x_pos, neg))
+            z_pos = op.forward(xs, pos)
+            # W-x + b- = z - (W+x + b+): the stored output saves the second forward pass
+            z_neg = call.output - z_pos if _affine(call, self.zero_params) else op.forward(xs, neg)
+            s_pos = relevance / apply_stabilizer(stab, z_pos)
+            s_neg = relevance / apply_stabilizer(stab, z_neg)
+            r_pos = _mul(xs, op.transpose(s_pos, xs, pos))
+            r_neg = _mul(xs, op.transpose(s_neg, xs, neg))
         else:
+            x_pos = tuple(x.clamp(min=0) for x in xs)
             x_neg = tuple(x.clamp(max=0) for x in xs)
             pos_nb = _modify(params, _positive, _no_bias(self.zero_params))
             neg_nb = _modify(params, _negative, _no_bias(self.zero_params))
@@ -239,11 +253,19 @@ class Gamma(Rule):
             return p + gamma * p.clamp(max=0)
 
         w_up, w_down = _modify(params, up, self.zero_params), _modify(params, down, self.zero_params)
-        x_pos = tuple(x.clamp(min=0) for x in xs)
         if _non_negative(xs):
-            s_pos = (z > 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_up))
-            s_neg = (z < 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_down))
-            return _add(_mul(x_pos, op.transpose(s_pos, x_pos, w_up)), _mul(x_pos, op.transpose(s_neg, x_pos, w_down)))
+            if _affine(call, self.zero_params):
+                # With P = W+x + b+: (W + gW+)x + b + gb+ = z + gP and (W + gW-)x + b + gb- = z + g(z - P).
+                z_pos = op.forward(xs, _modify(params, _positive))
+                d_up, d_down = z + gamma * z_pos, lambda: z + gamma * (z - z_pos)
+            else:
+                d_up, d_down = op.forward(xs, w_up), lambda: op.forward(xs, w_down)
+            relevance_in = op.transpose((z > 0) * relevance / apply_stabilizer(stab, d_up), xs, w_up)
+            negative = (z < 0) * relevance
+            if bool(negative.any()):  # zero when the layer feeds a ReLU whose upper rule scales by the input
+                relevance_in = _add(relevance_in, op.transpose(negative / apply_stabilizer(stab, d_down()), xs, w_down))
+            return _mul(xs, relevance_in)
+        x_pos = tuple(x.clamp(min=0) for x in xs)
         x_neg = tuple(x.clamp(max=0) for x in xs)
         up_nb = _modify(params, up, _no_bias(self.zero_params))
         down_nb = _modify(params, down, _no_bias(self.zero_params))
