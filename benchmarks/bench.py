@@ -227,18 +227,18 @@ def render(results: list[dict], meta: dict) -> str:
             ours = statistics.median(res["times"][f"zplug {preset}"])
             theirs = statistics.median(res["times"][f"zennit {preset}"])
             mem = res.get("memory", {})
-
-            def fmt_mem(name: str) -> str:
-                value = mem.get(name)
-                return "–" if value is None else f"{value:.0f} MB"
-
             lines.append(
                 f"| {res['case']} | {preset} | {_fmt_time(ours)} | {_fmt_time(theirs)} | **{ours / theirs:.2f}** | "
-                f"{ours / grad:.2f} | {theirs / grad:.2f} | {fmt_mem(f'zplug {preset}')} | "
-                f"{fmt_mem(f'zennit {preset}')} | {fmt_mem('gradient')} | {res['agreement'][preset]:.1e} |"
+                f"{ours / grad:.2f} | {theirs / grad:.2f} | {_fmt_mem(mem, f'zplug {preset}')} | "
+                f"{_fmt_mem(mem, f'zennit {preset}')} | {_fmt_mem(mem, 'gradient')} | {res['agreement'][preset]:.1e} |"
             )
         lines.append(f"| {res['case']} | (gradient) | {_fmt_time(grad)} | | | 1 | | | | | |")
     return "\n".join(lines) + "\n"
+
+
+def _fmt_mem(memory: dict[str, float], name: str) -> str:
+    value = memory.get(name)
+    return "-" if value is None else f"{value:.0f} MB"
 
 
 def _fmt_time(seconds: float) -> str:
