@@ -247,8 +247,8 @@ def test_occlusion_does_not_apply_the_mapping():
         ("smoothgrad", {"n_iter": 0}, "attributor 'smoothgrad': parameter 'n_iter' must be an integer >= 1 (got 0)"),
         ("smoothgrad", {"noise_level": -1}, "attributor 'smoothgrad': parameter 'noise_level' must be a number >= 0 "
                                              "(got -1)"),
-        ("occlusion", {"windw": 3}, "attributor 'occlusion' has no parameter 'windw' (valid: window, stride, fill, "
-                                    "chunk_size)"),
+        ("occlusion", {"windw": 3}, "attributor 'occlusion' has no parameter 'windw' (did you mean 'window'? "
+                                    "valid: window, stride, fill, chunk_size)"),
         ("occlusion", {"window": (2, 0)}, "attributor 'occlusion': parameter 'window' must be an integer >= 1 or a "
                                           "tuple of them (got (2, 0))"),
         ("integrated_gradients", {"method": "simpson"}, "attributor 'integrated_gradients': parameter 'method' must "

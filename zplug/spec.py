@@ -698,23 +698,9 @@ def _field_required(cls: type, key: str) -> bool:
 
 def build_part(kind: str, cls: type, params: Mapping[str, Any]) -> Any:
     """Construct a rule or canonizer class from parameters, with :class:`SpecError` naming the parameter."""
-    if kind == "rule":
-        from zplug.rules.base import make_rule
+    from zplug.rules.base import make_part
 
-        return make_rule(cls, params)
-    fields = {f.name: f for f in attrs.fields(cls)}
-    for key in params:
-        if key not in fields:
-            raise SpecError(f"{kind} '{cls.name}' has no parameter '{key}' (valid: {', '.join(fields) or 'none'})")
-    missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in params]
-    if missing:
-        raise SpecError(f"{kind} '{cls.name}' needs parameter '{missing[0]}'")
-    try:
-        return cls(**params)
-    except SpecError as exc:
-        raise SpecError(f"{kind} '{cls.name}': {exc.message}") from None
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"{kind} '{cls.name}': {exc}") from None
+    return make_part(kind, cls, params)
 
 
 __all__ = (

@@ -17,7 +17,7 @@ import attrs
 import torch
 
 from zplug.errors import ModelMismatchError, SpecError
-from zplug.rules.base import parameter
+from zplug.rules.base import make_part, parameter
 
 Tensors = tuple[torch.Tensor, ...]
 #: ``progress(done, total)``: called after each chunk of a sample-based attributor.
@@ -92,18 +92,9 @@ def make_attributor(cls: type[Attributor], params: Mapping[str, Any]) -> Attribu
     Raises
     ------
     SpecError
-        For unknown parameters and invalid values.
+        For unknown or missing parameters and invalid values.
     """
-    fields = [f.name for f in attrs.fields(cls)]
-    for key in params:
-        if key not in fields:
-            raise SpecError(f"attributor '{cls.name}' has no parameter '{key}' (valid: {', '.join(fields) or 'none'})")
-    try:
-        return cls(**params)
-    except SpecError as exc:
-        raise SpecError(f"attributor '{cls.name}': {exc.message}") from None
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"attributor '{cls.name}': {exc}") from None
+    return make_part("attributor", cls, params)
 
 
 # -- target: which output relevance starts the backward pass ------------------------------------

@@ -99,9 +99,9 @@ def _merged_forward(module: torch.nn.Module, weight: torch.Tensor, bias: torch.T
 
 
 def _identity(input: torch.Tensor) -> torch.Tensor:
-    # A new tensor (as the BatchNorm it replaces makes), so in-place operations after it do not
-    # modify the tensor the preceding layer's rule saved.
-    return input.clone()
+    # No copy: if an in-place operation later changes the tensor that the preceding layer's rule
+    # stored as its output, the engine sees the changed version counter and recomputes the output.
+    return input
 
 
 # -- checks ----------------------------------------------------------------------------------

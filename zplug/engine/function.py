@@ -39,6 +39,8 @@ class _ArgSpec:
         return tuple(self.args[s] if isinstance(s, int) else self.kwargs[s] for s in self.slots)
 
     def rebuild(self, tensors: tuple[torch.Tensor, ...]) -> tuple[tuple, dict]:
+        if not self.kwargs and len(self.slots) == len(self.args):  # the common case: only tensor arguments
+            return tuple(tensors), {}
         args, kwargs = list(self.args), dict(self.kwargs)
         for slot, tensor in zip(self.slots, tensors):
             if isinstance(slot, int):

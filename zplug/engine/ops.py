@@ -192,16 +192,12 @@ class SumOp(LayerOp):
     """:class:`zplug.layers.Sum`: several summands (broadcast), or one tensor summed over ``dim``."""
 
     def __init__(self, module) -> None:
+        self.module = module
         self.dim = module.dim
 
     def forward(self, inputs, params):
-        """Return the layer's output for ``inputs``."""
-        if len(inputs) == 1:
-            return torch.sum(inputs[0], dim=self.dim)
-        total = inputs[0]
-        for other in inputs[1:]:
-            total = total + other
-        return total
+        """Return the layer's output for ``inputs`` (the class's forward: an instance may be patched)."""
+        return type(self.module).forward(self.module, *inputs)
 
     def transpose(self, grad, inputs, params):
         """Return ``J^T grad`` for each input (summed over broadcast dimensions)."""

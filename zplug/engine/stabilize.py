@@ -56,4 +56,13 @@ def apply_stabilizer(stabilizer: StabilizerLike, z: torch.Tensor) -> torch.Tenso
     return stabilizer(z)
 
 
-__all__ = ("StabilizerLike", "apply_stabilizer", "stabilize")
+def divide_stabilized(relevance: torch.Tensor, stabilizer: StabilizerLike, z: torch.Tensor) -> torch.Tensor:
+    """Return ``relevance / stab(z)``; without autograd recording, in one buffer instead of three."""
+    if torch.is_grad_enabled() or not isinstance(stabilizer, Real) or relevance.shape != z.shape:
+        return relevance / apply_stabilizer(stabilizer, z)
+    eps = torch.tensor(float(stabilizer), dtype=z.dtype, device=z.device)
+    denominator = torch.where(z >= 0, eps, -eps).add_(z)
+    return torch.div(relevance, denominator, out=denominator)
+
+
+__all__ = ("StabilizerLike", "apply_stabilizer", "divide_stabilized", "stabilize")

@@ -174,35 +174,50 @@ def parameter_info(rule_class: type[Rule]) -> dict[str, dict[str, Any]]:
     return info
 
 
-def make_rule(rule_class: type[Rule], params: Mapping[str, Any]) -> Rule:
-    """Construct ``rule_class`` from a parameter mapping, with errors that name the parameter.
+def make_part(kind: str, cls: type, params: Mapping[str, Any]) -> Any:
+    """Construct a rule, canonizer or attributor class from parameters, with errors naming the parameter.
+
+    Parameters
+    ----------
+    kind : str
+        ``"rule"``, ``"canonizer"`` or ``"attributor"`` (for the messages).
+    cls : type
+        An attrs class with a ``name`` class attribute; its fields are the parameters.
+    params : Mapping[str, Any]
+        The parameter values.
 
     Raises
     ------
     SpecError
         For unknown or missing parameters and invalid values.
     """
-    fields = {f.name: f for f in attrs.fields(rule_class)}
+    fields = {f.name: f for f in attrs.fields(cls)}
     valid = ", ".join(fields) or "none"
     for key in params:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise SpecError(f"rule '{rule_class.name}' has no parameter '{key}' ({hint}valid: {valid})")
+            raise SpecError(f"{kind} '{cls.name}' has no parameter '{key}' ({hint}valid: {valid})")
     missing = [n for n, f in fields.items() if f.default is attrs.NOTHING and n not in params]
     if missing:
-        doc = fields[missing[0]].metadata["doc"]
-        raise SpecError(f"rule '{rule_class.name}' needs parameter '{missing[0]}' ({doc})")
+        doc = fields[missing[0]].metadata.get("doc")
+        raise SpecError(f"{kind} '{cls.name}' needs parameter '{missing[0]}'" + (f" ({doc})" if doc else ""))
     try:
-        return rule_class(**params)
+        return cls(**params)
     except SpecError as exc:
-        raise SpecError(f"rule '{rule_class.name}': {exc.message}") from None
+        raise SpecError(f"{kind} '{cls.name}': {exc.message}") from None
     except (TypeError, ValueError) as exc:
-        raise SpecError(f"rule '{rule_class.name}': {exc}") from None
+        raise SpecError(f"{kind} '{cls.name}': {exc}") from None
+
+
+def make_rule(rule_class: type[Rule], params: Mapping[str, Any]) -> Rule:
+    """Construct ``rule_class`` from a parameter mapping (see :func:`make_part`)."""
+    return make_part("rule", rule_class, params)
 
 
 __all__ = (
     "Rule",
+    "make_part",
     "make_rule",
     "names",
     "non_negative",

@@ -16,7 +16,7 @@ import attrs
 import torch
 
 from zplug.engine.ops import ConvOp, LinearOp
-from zplug.engine.stabilize import apply_stabilizer
+from zplug.engine.stabilize import apply_stabilizer, divide_stabilized
 from zplug.errors import RelevanceError
 from zplug.rules.base import (
     Rule,
@@ -66,7 +66,7 @@ def _scaled(grad_outputs: Tensors, outputs: Tensors, stabilizer) -> torch.Tensor
     """Return ``R_k / stab(z_k)`` for every output ``k`` (a tensor for a single output)."""
     if len(grad_outputs) != len(outputs):
         raise RelevanceError(f"got relevance for {len(grad_outputs)} outputs but the layer has {len(outputs)}")
-    scaled = tuple(r / apply_stabilizer(stabilizer, z) for r, z in zip(grad_outputs, outputs))
+    scaled = tuple(divide_stabilized(r, stabilizer, z) for r, z in zip(grad_outputs, outputs))
     return scaled[0] if len(scaled) == 1 else scaled
 
 
@@ -86,6 +86,13 @@ def _affine(call: LayerCall, zero_params: tuple[str, ...]) -> bool:
     parameter is zeroed (the stored output includes every parameter).
     """
     return not zero_params and isinstance(call.op, (LinearOp, ConvOp))
+
+
+def _times_inputs(xs: Tensors, products: Tensors, op) -> Tensors:
+    """Return ``x * v`` per input; in place on ``v`` when it is a fresh kernel output and no graph is recorded."""
+    if not torch.is_grad_enabled() and (isinstance(op, LinearOp) or (isinstance(op, ConvOp) and op.explicit)):
+        return tuple(v.mul_(x) for x, v in zip(xs, products))
+    return _mul(xs, products)
 
 
 def _add(a: Tensors, b: Tensors) -> Tensors:
@@ -130,7 +137,7 @@ class Epsilon(Rule):
         else:
             outputs = call.outputs
         scaled = _scaled(grad_outputs, outputs, self.epsilon)
-        return _mul(xs, call.op.transpose(scaled, xs, params))
+        return _times_inputs(xs, call.op.transpose(scaled, xs, params), call.op)
 
 
 @attrs.frozen(kw_only=True, repr=False)
@@ -166,13 +173,13 @@ class ZPlus(Rule):
         xs, op, params = call.inputs, call.op, call.params()
         pos = _modify(params, _positive, self.zero_params)
         if _non_negative(xs):  # the x- terms are exact zeros, and x+ is x
-            scaled = relevance / apply_stabilizer(self.stabilizer, op.forward(xs, pos))
-            return _mul(xs, op.transpose(scaled, xs, pos))
+            scaled = divide_stabilized(relevance, self.stabilizer, op.forward(xs, pos))
+            return _times_inputs(xs, op.transpose(scaled, xs, pos), op)
         x_pos = tuple(x.clamp(min=0) for x in xs)
         neg = _modify(params, _negative, _no_bias(self.zero_params))
         x_neg = tuple(x.clamp(max=0) for x in xs)
         z = op.forward(x_pos, pos) + op.forward(x_neg, neg)
-        scaled = relevance / apply_stabilizer(self.stabilizer, z)
+        scaled = divide_stabilized(relevance, self.stabilizer, z)
         return _add(_mul(x_pos, op.transpose(scaled, x_pos, pos)), _mul(x_neg, op.transpose(scaled, x_neg, neg)))
 
 
@@ -212,8 +219,8 @@ class AlphaBeta(Rule):
             z_pos = op.forward(xs, pos)
             # W-x + b- = z - (W+x + b+): the stored output saves the second forward pass
             z_neg = call.output - z_pos if _affine(call, self.zero_params) else op.forward(xs, neg)
-            s_pos = relevance / apply_stabilizer(stab, z_pos)
-            s_neg = relevance / apply_stabilizer(stab, z_neg)
+            s_pos = divide_stabilized(relevance, stab, z_pos)
+            s_neg = divide_stabilized(relevance, stab, z_neg)
             r_pos = _mul(xs, op.transpose(s_pos, xs, pos))
             r_neg = _mul(xs, op.transpose(s_neg, xs, neg))
         else:
@@ -221,8 +228,8 @@ class AlphaBeta(Rule):
             x_neg = tuple(x.clamp(max=0) for x in xs)
             pos_nb = _modify(params, _positive, _no_bias(self.zero_params))
             neg_nb = _modify(params, _negative, _no_bias(self.zero_params))
-            s_pos = relevance / apply_stabilizer(stab, op.forward(x_pos, pos) + op.forward(x_neg, neg_nb))
-            s_neg = relevance / apply_stabilizer(stab, op.forward(x_pos, neg) + op.forward(x_neg, pos_nb))
+            s_pos = divide_stabilized(relevance, stab, op.forward(x_pos, pos) + op.forward(x_neg, neg_nb))
+            s_neg = divide_stabilized(relevance, stab, op.forward(x_pos, neg) + op.forward(x_neg, pos_nb))
             r_pos = _add(_mul(x_pos, op.transpose(s_pos, x_pos, pos)), _mul(x_neg, op.transpose(s_pos, x_neg, neg_nb)))
             r_neg = _add(_mul(x_pos, op.transpose(s_neg, x_pos, neg)), _mul(x_neg, op.transpose(s_neg, x_neg, pos_nb)))
         return tuple(self.alpha * p - self.beta * n for p, n in zip(r_pos, r_neg))
@@ -260,17 +267,17 @@ class Gamma(Rule):
                 d_up, d_down = z + gamma * z_pos, lambda: z + gamma * (z - z_pos)
             else:
                 d_up, d_down = op.forward(xs, w_up), lambda: op.forward(xs, w_down)
-            relevance_in = op.transpose((z > 0) * relevance / apply_stabilizer(stab, d_up), xs, w_up)
+            relevance_in = op.transpose((z > 0) * divide_stabilized(relevance, stab, d_up), xs, w_up)
             negative = (z < 0) * relevance
             if bool(negative.any()):  # zero when the layer feeds a ReLU whose upper rule scales by the input
                 relevance_in = _add(relevance_in, op.transpose(negative / apply_stabilizer(stab, d_down()), xs, w_down))
-            return _mul(xs, relevance_in)
+            return _times_inputs(xs, relevance_in, op)
         x_pos = tuple(x.clamp(min=0) for x in xs)
         x_neg = tuple(x.clamp(max=0) for x in xs)
         up_nb = _modify(params, up, _no_bias(self.zero_params))
         down_nb = _modify(params, down, _no_bias(self.zero_params))
-        s_pos = (z > 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_up) + op.forward(x_neg, down_nb))
-        s_neg = (z < 0) * relevance / apply_stabilizer(stab, op.forward(x_pos, w_down) + op.forward(x_neg, up_nb))
+        s_pos = (z > 0) * divide_stabilized(relevance, stab, op.forward(x_pos, w_up) + op.forward(x_neg, down_nb))
+        s_neg = (z < 0) * divide_stabilized(relevance, stab, op.forward(x_pos, w_down) + op.forward(x_neg, up_nb))
         terms = (
             _mul(x_pos, op.transpose(s_pos, x_pos, w_up)),
             _mul(x_neg, op.transpose(s_pos, x_neg, down_nb)),
@@ -321,7 +328,7 @@ class ZBox(Rule):
         neg = _modify(params, _negative, self.zero_params)
         z_x = op.forward(xs, plain) if self.zero_params else call.output
         z = z_x - (op.forward(lows, pos) + op.forward(highs, neg))
-        scaled = relevance / apply_stabilizer(self.stabilizer, z)
+        scaled = divide_stabilized(relevance, self.stabilizer, z)
         r_x = _mul(xs, op.transpose(scaled, xs, plain))
         r_low = _mul(lows, op.transpose(scaled, lows, pos))
         r_high = _mul(highs, op.transpose(scaled, highs, neg))
@@ -342,7 +349,7 @@ class WSquare(Rule):
         relevance = _relevance_out(call, grad_outputs, self.name)
         ones = tuple(torch.ones_like(x) for x in call.inputs)
         squared = _modify(call.params(), torch.square, self.zero_params)
-        scaled = relevance / apply_stabilizer(self.stabilizer, call.op.forward(ones, squared))
+        scaled = divide_stabilized(relevance, self.stabilizer, call.op.forward(ones, squared))
         return call.op.transpose(scaled, ones, squared)
 
 
@@ -360,7 +367,7 @@ class Flat(Rule):
         relevance = _relevance_out(call, grad_outputs, self.name)
         ones = tuple(torch.ones_like(x) for x in call.inputs)
         flat = _modify(call.params(), torch.ones_like, _no_bias(self.zero_params))
-        scaled = relevance / apply_stabilizer(self.stabilizer, call.op.forward(ones, flat))
+        scaled = divide_stabilized(relevance, self.stabilizer, call.op.forward(ones, flat))
         return call.op.transpose(scaled, ones, flat)
 
 
