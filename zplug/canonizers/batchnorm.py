@@ -11,6 +11,7 @@ parameters, buffers and ``state_dict`` are bit-identical to before.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import Any, ClassVar
@@ -51,6 +52,33 @@ def batchnorm_affine(bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple[torch.T
         if bn.bias is not None:
             shift = shift + bn.bias
     return scale, shift
+
+
+#: module -> (state stamp, merged parameters): merging again on every application costs ~10 ms on a ResNet50.
+_merge_cache: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, dict[str, torch.Tensor]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stamp(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._BatchNorm) -> tuple:
+    """The tensors the merged parameters depend on, with their in-place versions (kept alive, compared by identity)."""
+    tensors = (module.weight, module.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return (bn, bn.eps, *((t, t._version) if t is not None else (None, 0) for t in tensors))
+
+
+def _same_stamp(a: tuple, b: tuple) -> bool:
+    return a[0] is b[0] and a[1] == b[1] and all(x is y and u == v for (x, u), (y, v) in zip(a[2:], b[2:]))
+
+
+def cached_merged_params(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._BatchNorm) -> dict[str, torch.Tensor]:
+    """:func:`merged_params`, reused while neither layer's tensors changed (same objects, same versions)."""
+    stamp = _stamp(module, bn)
+    hit = _merge_cache.get(module)
+    if hit is not None and _same_stamp(hit[0], stamp):
+        return hit[1]
+    params = merged_params(module, bn)
+    _merge_cache[module] = (stamp, params)
+    return params
 
 
 def merged_params(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._BatchNorm) -> dict[str, torch.Tensor]:
@@ -216,7 +244,7 @@ def merged(model: torch.nn.Module, pairs: Sequence[Pair]) -> Iterator[torch.nn.M
 
 
 def _merge_one(stack: PatchStack, overrides: ExitStack, module: torch.nn.Module, bn: torch.nn.Module) -> None:
-    params = merged_params(module, bn)
+    params = cached_merged_params(module, bn)
     overrides.enter_context(override_params(module, params))
     stack.attribute(module, "forward", _merged_forward(module, params["weight"], params["bias"]))
 
