@@ -6,9 +6,7 @@ plugin scan) until a function is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from zplug._lazy import lazy_attributes
 from zplug.errors import (
     ModelMismatchError,
     PluginConflictError,
@@ -40,13 +38,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zplug' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes("zplug", _LAZY, globals())
 
 
 def __dir__() -> list[str]:

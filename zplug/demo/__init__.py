@@ -12,9 +12,7 @@ lazily, so importing this package does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from zplug._lazy import lazy_attributes
 from zplug.demo.data import CLASSES, IMAGE_SIZE
 
 _LAZY = {
@@ -29,13 +27,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'zplug.demo' has no attribute '{name}'")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes("zplug.demo", _LAZY, globals())
 
 
 def __dir__() -> list[str]:
