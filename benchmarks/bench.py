@@ -34,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -100,6 +101,19 @@ def gradient_call(model: torch.nn.Module, x: torch.Tensor) -> Callable[[], torch
     return call
 
 
+def lrp_call(hooked_model: Callable[[], Any], x: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """One LRP call: enter ``hooked_model()`` (a context yielding the model), forward, input relevance."""
+
+    def call() -> torch.Tensor:
+        inp = x.detach().requires_grad_()
+        with hooked_model() as hooked:
+            out = hooked(inp)
+            (rel,) = torch.autograd.grad(out, inp, output_relevance(out))
+        return rel
+
+    return call
+
+
 def zplug_call(model: torch.nn.Module, x: torch.Tensor, arch: str, preset: str) -> Callable[[], torch.Tensor]:
     import zplug
 
@@ -107,14 +121,7 @@ def zplug_call(model: torch.nn.Module, x: torch.Tensor, arch: str, preset: str) 
     params = bounds(arch) if preset == "epsilon_gamma_box" else {}
     mapping = zplug.resolve(model, name, **params)
 
-    def call() -> torch.Tensor:
-        inp = x.detach().requires_grad_()
-        with mapping.applied(model) as hooked:
-            out = hooked(inp)
-            (rel,) = torch.autograd.grad(out, inp, output_relevance(out))
-        return rel
-
-    return call
+    return lrp_call(lambda: mapping.applied(model), x)
 
 
 def zennit_call(model: torch.nn.Module, x: torch.Tensor, arch: str, preset: str) -> Callable[[], torch.Tensor]:
@@ -131,14 +138,7 @@ def zennit_call(model: torch.nn.Module, x: torch.Tensor, arch: str, preset: str)
         params = bounds(arch) if preset == "epsilon_gamma_box" else {}
         composite = COMPOSITES[preset](canonizers=canonizers, **params)
 
-    def call() -> torch.Tensor:
-        inp = x.detach().requires_grad_()
-        with composite.context(model) as hooked:
-            out = hooked(inp)
-            (rel,) = torch.autograd.grad(out, inp, output_relevance(out))
-        return rel
-
-    return call
+    return lrp_call(lambda: composite.context(model), x)
 
 
 def make_variants(arch: str, batch: int, presets: tuple[str, ...]) -> dict[str, Callable[[], torch.Tensor]]:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from zplug.layers import Sum
+
 Params = dict[str, torch.Tensor | None]
 
 _guard = threading.local()
@@ -219,8 +221,6 @@ def op_for(
     module: torch.nn.Module, args: tuple, kwargs: Mapping[str, Any], forward: Callable[..., Any], rebuild: Callable
 ) -> LayerOp:
     """Choose the fastest exact :class:`LayerOp` for one call of ``module``."""
-    from zplug.layers import Sum
-
     if type(module) is Sum and not kwargs and all(isinstance(a, torch.Tensor) for a in args):
         return SumOp(module)
     if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
