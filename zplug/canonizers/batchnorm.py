@@ -132,6 +132,9 @@ def _identity(input: torch.Tensor) -> torch.Tensor:
     return input
 
 
+_identity.zplug_identity = True  # the engine may skip a ``pass`` rule on it: its gradient already passes
+
+
 # -- checks ----------------------------------------------------------------------------------
 def check_pair(modules: dict[str, torch.nn.Module], linears: Sequence[str], bn_name: str) -> None:
     """Raise :class:`CanonizerError` unless ``linears -> bn_name`` can be merged."""

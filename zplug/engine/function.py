@@ -35,6 +35,15 @@ class _ArgSpec:
         self.slots: list[int | str] = [i for i, a in enumerate(args) if _is_input(a)]
         self.slots += [k for k, v in kwargs.items() if _is_input(v)]
 
+    @staticmethod
+    def positional(count: int) -> _ArgSpec:
+        """The spec of a call with ``count`` floating-point tensors as its only arguments (shared)."""
+        spec = _POSITIONAL.get(count)
+        if spec is None:
+            spec = _POSITIONAL[count] = _ArgSpec((None,) * count, {})
+            spec.slots = list(range(count))
+        return spec
+
     def tensors(self) -> tuple[torch.Tensor, ...]:
         return tuple(self.args[s] if isinstance(s, int) else self.kwargs[s] for s in self.slots)
 
@@ -48,6 +57,9 @@ class _ArgSpec:
             else:
                 kwargs[slot] = tensor
         return tuple(args), kwargs
+
+
+_POSITIONAL: dict[int, _ArgSpec] = {}
 
 
 def _is_input(value: Any) -> bool:
@@ -128,6 +140,8 @@ class _RuleFunction(torch.autograd.Function):
             )
         ctx.binding = binding
         ctx.spec = spec
+        # A pass rule on a one-tensor layer of unchanged shape hands the relevance straight through.
+        ctx.shortcut = binding.passes and len(outs) == 1 and len(tensors) == 1 and outs[0].shape == tensors[0].shape
         ctx.save_for_backward(*tensors)
         # Outputs are kept detached (no reference cycle); their version tells if they were changed in place.
         ctx.outputs = tuple((o.detach(), o._version) for o in outs)
@@ -146,6 +160,8 @@ class _RuleFunction(torch.autograd.Function):
             ) from None
         if not binding.active:  # after attach_rules exited (e.g. a second-order pass): the plain gradient
             return (None, None, *_plain_gradient(binding, ctx.spec, inputs, grad_outputs))
+        if ctx.shortcut and not binding.observers:
+            return (None, None, grad_outputs[0])
         call = LayerCall(binding, ctx.spec, inputs, ctx.outputs)
         with rule_computation():
             relevance = tuple(binding.rule.backward(call, grad_outputs))
@@ -173,7 +189,8 @@ def _plain_gradient(binding: Binding, spec: _ArgSpec, inputs: tuple, grad_output
     create_graph = torch.is_grad_enabled()
     with torch.enable_grad(), rule_computation():
         leaves = tuple(x if (create_graph and x.requires_grad) else x.detach().requires_grad_() for x in inputs)
-        args, kwargs = spec.rebuild(leaves)
+        # Clones: the restored forward may work in place again (ReLU(inplace=True)), which a leaf forbids.
+        args, kwargs = spec.rebuild(tuple(leaf.clone() for leaf in leaves))
         output = binding.original_forward(*args, **kwargs)
         outputs = output if isinstance(output, tuple) else (output,)
         pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
@@ -209,16 +226,26 @@ class Binding:
         self.rule = rule
         self.original_forward = original_forward
         self.observers: list[Observer] = []
+        from zplug.rules.elementwise import Pass
+
+        #: The rule is ``pass`` (relevance through unchanged): no rule call is needed for it.
+        self.passes = type(rule).backward is Pass.backward
+        #: ``pass`` on a forward that returns its input: the plain gradient is already the relevance,
+        #: so no autograd node is made (unless observers want to see the layer).
+        self.skippable = self.passes and getattr(original_forward, "zplug_identity", False)
         #: While True, backward passes through this module compute relevance; ``attach_rules``
         #: sets it to False on exit, so graphs built inside the block then give plain gradients.
         self.active = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module; under autograd, route its gradient through the rule."""
-        if inside_rule() or not torch.is_grad_enabled() or not self.active:
+        if inside_rule() or not torch.is_grad_enabled() or not self.active or (self.skippable and not self.observers):
             return self.original_forward(*args, **kwargs)
-        spec = _ArgSpec(args, kwargs)
-        tensors = spec.tensors()
+        if not kwargs and all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args):
+            spec, tensors = _ArgSpec.positional(len(args)), args
+        else:
+            spec = _ArgSpec(args, kwargs)
+            tensors = spec.tensors()
         if not any(t.requires_grad for t in tensors):
             return self.original_forward(*args, **kwargs)
         return _RuleFunction.apply(self, spec, *tensors)

@@ -33,14 +33,24 @@ def inside_rule() -> bool:
     return getattr(_guard, "depth", 0) > 0
 
 
-@contextmanager
-def rule_computation() -> Iterator[None]:
-    """Mark the current thread as computing relevance (see :func:`inside_rule`)."""
-    _guard.depth = getattr(_guard, "depth", 0) + 1
-    try:
-        yield
-    finally:
+class _RuleComputation:
+    """Context manager marking the thread as computing relevance (a class: cheaper than a generator)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _guard.depth = getattr(_guard, "depth", 0) + 1
+
+    def __exit__(self, *exc_info: object) -> None:
         _guard.depth -= 1
+
+
+_RULE_COMPUTATION = _RuleComputation()
+
+
+def rule_computation() -> _RuleComputation:
+    """Mark the current thread as computing relevance (see :func:`inside_rule`); use as ``with``."""
+    return _RULE_COMPUTATION
 
 
 @contextmanager
