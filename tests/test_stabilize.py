@@ -1,8 +1,9 @@
 """The stabilised division is bit for bit Zennit's ``R / (z + eps * sign(z))`` with sign(0) = +1.
 
-zplug computes it in fewer passes (``copysign(|z| + eps, z)`` when ``z`` has no zeros), so these
-tests pin the exact numbers against Zennit's own ``stabilize`` on values that stress rounding:
-magnitudes over many orders, ties with ``eps``, +0.0 and -0.0, and reduced precision.
+zplug computes it in fewer passes (``z + eps * sign(z)`` with a finiteness check that catches
+zeros), so these tests pin the exact numbers against Zennit's own ``stabilize`` on values that
+stress rounding: magnitudes over many orders, ties with ``eps``, +0.0 and -0.0, and reduced
+precision.
 """
 
 from __future__ import annotations

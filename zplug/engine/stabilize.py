@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from numbers import Real
 
@@ -62,20 +63,6 @@ def _signed_epsilon(z: torch.Tensor, epsilon: float) -> torch.Tensor:
     return signed.mul_(epsilon)
 
 
-def _stabilized(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with sign(0) = +1, in a new buffer, without recording a graph.
-
-    Without zeros in ``z`` this is ``copysign(|z| + epsilon, z)``: rounding is symmetric, so
-    ``-(|z| + eps)`` is bit for bit ``z - eps``, in three passes instead of five. A zero could
-    be ``-0.0``, whose sign bit would pick ``-eps``; those tensors (and reduced-precision ones,
-    where the scalar is rounded differently) take the general way.
-    """
-    magnitude = torch.abs(z)
-    if z.dtype in _EXACT_DTYPES and magnitude.numel() and magnitude.min().item() > 0:  # NaN: False
-        return magnitude.add_(epsilon).copysign_(z)
-    return _signed_epsilon(z, epsilon).add_(z)
-
-
 _EXACT_DTYPES = (torch.float32, torch.float64)
 
 
@@ -83,7 +70,17 @@ def divide_stabilized(relevance: torch.Tensor, stabilizer: StabilizerLike, z: to
     """Return ``relevance / stab(z)``; without autograd recording, in one buffer instead of three."""
     if torch.is_grad_enabled() or not isinstance(stabilizer, Real) or relevance.shape != z.shape:
         return relevance / apply_stabilizer(stabilizer, z)
-    denominator = _stabilized(z, float(stabilizer))
+    epsilon = float(stabilizer)
+    if z.dtype in _EXACT_DTYPES and relevance.dtype == z.dtype:
+        # z + eps * sign(z) in two passes: for non-zero z, eps * (+-1) is exact, so this is bit for bit
+        # Zennit's sum. Zeros (sign 0, also -0.0) leave a zero denominator, and every division by zero
+        # gives inf or NaN: a finite sum of the quotient proves there was none.
+        denominator = torch.sign(z)
+        torch.add(z, denominator, alpha=epsilon, out=denominator)
+        quotient = torch.div(relevance, denominator, out=denominator)
+        if math.isfinite(quotient.sum().item()):
+            return quotient
+    denominator = _signed_epsilon(z, epsilon).add_(z)
     return torch.div(relevance, denominator, out=denominator)
 
 

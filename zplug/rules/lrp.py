@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import attrs
 import torch
 
-from zplug.engine.ops import ConvOp, LinearOp
+from zplug.engine.ops import ConvOp, LinearOp, SumOp
 from zplug.engine.stabilize import apply_stabilizer, divide_stabilized
 from zplug.errors import RelevanceError
 from zplug.rules.base import (
@@ -155,7 +155,12 @@ class Norm(Rule):
         """Return the relevance of each input (see the class docstring)."""
         xs, params = call.inputs, call.params()
         scaled = _scaled(grad_outputs, call.outputs, self.stabilizer)
-        return _mul(xs, call.op.transpose(scaled, xs, params))
+        shares = call.op.transpose(scaled, xs, params)
+        # A sum hands every summand the same quotient (a fresh buffer): the last product may reuse it.
+        reusable = isinstance(call.op, SumOp) and shares[-1] is scaled and xs[-1].dtype == scaled.dtype
+        if reusable and not torch.is_grad_enabled():
+            return (*_mul(xs[:-1], shares[:-1]), shares[-1].mul_(xs[-1]))
+        return _mul(xs, shares)
 
 
 @attrs.frozen(kw_only=True, repr=False)
