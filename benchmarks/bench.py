@@ -19,6 +19,12 @@ Method (see docs/benchmarks.md for the discussion):
   resets the kernel's high-water mark (``/proc/self/clear_refs``), runs one call and reports
   ``VmHWM - VmRSS`` before the call: the extra resident memory the call needed at its peak.
 * Agreement: max |R_zplug - R_zennit| / max |R_zennit| on the same model and input.
+* Allocator: with ``--allocator steady`` (the default) the timing process runs with glibc's heap trimming
+  and mmap allocations switched off (``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_MMAP_MAX_=0``; the script
+  re-executes itself with them), the same for every variant. Otherwise each call gets fresh pages from the
+  kernel for much of its memory, and zeroing them (hundreds of thousands of page faults per call at batch
+  8) adds 10-30 % to every variant, varying with the heap's history; ``--allocator default`` measures that
+  way. Memory probes always use the default allocator.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import ctypes
 import gc
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -194,11 +201,25 @@ def memory_probe(arch: str, batch: int, variant: str) -> int:
     return _status("VmHWM") - before
 
 
+STEADY_ALLOCATOR = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_MAX_": "0"}
+
+
+def _default_allocator_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in STEADY_ALLOCATOR}
+
+
+def _steady_allocator(argv: list[str]) -> None:
+    """Re-execute this script with glibc's trimming and mmap off, unless that is done (or not glibc)."""
+    if platform.libc_ver()[0] != "glibc" or all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+        return
+    os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **STEADY_ALLOCATOR})
+
+
 def memory_case(arch: str, batch: int, names: list[str]) -> dict[str, float]:
     out = {}
     for name in names:
         cmd = [sys.executable, __file__, "--memory-probe", f"{arch}:{batch}", name]
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env = dict(_default_allocator_env(), PYTHONPATH=str(ROOT))
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             print(result.stderr[-2000:], file=sys.stderr)
@@ -214,7 +235,8 @@ def render(results: list[dict], meta: dict) -> str:
         "# Benchmarks: zplug vs Zennit 0.5.1",
         "",
         f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; "
-        f"{meta['rounds']} interleaved rounds per case after one warm-up call each; median wall time.",
+        f"{meta['rounds']} interleaved rounds per case after one warm-up call each; median wall time; "
+        f"allocator: {meta['allocator']}.",
         "Produced by `make bench` (`benchmarks/bench.py`); see the script's docstring for the method.",
         "",
         "| case | preset | zplug | Zennit | zplug / Zennit | zplug / gradient | Zennit / gradient "
@@ -253,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or - for stdout")
     parser.add_argument("--json", default=None, help="also write raw results as JSON")
+    parser.add_argument(
+        "--allocator", choices=("steady", "default"), default="steady",
+        help="steady: time with glibc's heap trimming and mmap off (see the docstring); default: as configured",
+    )  # fmt: skip
     parser.add_argument("--memory-probe", nargs=2, metavar=("CASE", "VARIANT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -260,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         arch, batch = args.memory_probe[0].split(":")
         print(json.dumps({"bytes": memory_probe(arch, int(batch), args.memory_probe[1])}))
         return 0
+    if args.allocator == "steady":
+        _steady_allocator(sys.argv[1:] if argv is None else list(argv))
 
     presets = tuple(p for p in args.presets.split(",") if p)
     results = []
@@ -291,7 +319,14 @@ def _meta(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "rounds": args.rounds,
+        "allocator": _allocator_description(args.allocator),
     }
+
+
+def _allocator_description(choice: str) -> str:
+    if choice == "steady" and all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+        return "glibc with heap trimming and mmap off for every variant (`--allocator steady`)"
+    return "as configured (`--allocator default`)"
 
 
 def _cpu_name() -> str:
