@@ -68,16 +68,17 @@ def attach_rules(
     ModelMismatchError
         If a name does not exist in ``model``.
     """
-    modules = dict(model.named_modules(remove_duplicate=False))
+    named = list(model.named_modules(remove_duplicate=False))  # one walk serves every check below
+    modules = dict(named)
     unknown = [name for name in assignment if name not in modules]
     if unknown:
         known = [name for name in modules if name]
         raise ModelMismatchError(f"model {type(model).__name__}: {unknown_name_message('module', unknown[0], known)}")
-    _check_aliases(model, assignment)
+    _check_aliases(named, assignment)
     patches: list[AttributePatch] = []
     bindings: dict[str, Binding] = {}
     try:
-        for module in model.modules():
+        for module in {id(m): m for _, m in named}.values():
             if module.__dict__.get("inplace") is True:
                 patches.append(AttributePatch(module, "inplace", False))
         patched: set[int] = set()
@@ -98,10 +99,10 @@ def attach_rules(
             patch.undo()
 
 
-def _check_aliases(model: torch.nn.Module, assignment: Mapping[str, Rule]) -> None:
+def _check_aliases(named: list[tuple[str, torch.nn.Module]], assignment: Mapping[str, Rule]) -> None:
     """A module registered under two names must not get two different rules."""
     seen: dict[int, tuple[str, Rule]] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
+    for name, module in named:
         if name not in assignment:
             continue
         other = seen.get(id(module))

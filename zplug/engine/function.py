@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zplug.engine.ops import LayerOp, inside_rule, op_for, params_of, rule_computation
+from zplug.engine.ops import GenericOp, LayerOp, inside_rule, op_for, params_of, rule_computation
 from zplug.errors import RelevanceError
 
 if TYPE_CHECKING:
@@ -97,7 +97,13 @@ class LayerCall:
     def op(self) -> LayerOp:
         """The module as an operator of its inputs and parameters (see :mod:`zplug.engine.ops`)."""
         if self._op is None:
-            self._op = op_for(self.module, self.args, self.kwargs, self.binding.original_forward, self._spec.rebuild)
+            cache = self.binding.ops if self._spec is _POSITIONAL.get(len(self.inputs)) else None
+            op = None if cache is None else cache.get(len(self.inputs))
+            if op is None:
+                op = op_for(self.module, self.args, self.kwargs, self.binding.original_forward, self._spec.rebuild)
+                if cache is not None and not isinstance(op, GenericOp):  # GenericOp keeps the call's arguments
+                    cache[len(self.inputs)] = op
+            self._op = op
         return self._op
 
     def params(self) -> dict[str, torch.Tensor | None]:
@@ -226,6 +232,8 @@ class Binding:
         self.rule = rule
         self.original_forward = original_forward
         self.observers: list[Observer] = []
+        #: Operators of positional-only calls by input count (they depend on the module alone).
+        self.ops: dict[int, LayerOp] = {}
         from zplug.rules.elementwise import Pass
 
         #: The rule is ``pass`` (relevance through unchanged): no rule call is needed for it.
