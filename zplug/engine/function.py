@@ -27,11 +27,13 @@ Observer = Callable[["Binding", "LayerCall", tuple, tuple], None]
 class _ArgSpec:
     """Where the tensor inputs sit in a call's ``args``/``kwargs``."""
 
-    __slots__ = ("args", "kwargs", "slots")
+    __slots__ = ("args", "kwargs", "shared", "slots")
 
     def __init__(self, args: tuple, kwargs: dict) -> None:
         self.args = args
         self.kwargs = kwargs
+        #: True for the shared spec of calls with tensors only (see :meth:`positional`).
+        self.shared = False
         self.slots: list[int | str] = [i for i, a in enumerate(args) if _is_input(a)]
         self.slots += [k for k, v in kwargs.items() if _is_input(v)]
 
@@ -42,6 +44,7 @@ class _ArgSpec:
         if spec is None:
             spec = _POSITIONAL[count] = _ArgSpec((None,) * count, {})
             spec.slots = list(range(count))
+            spec.shared = True
         return spec
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -97,12 +100,12 @@ class LayerCall:
     def op(self) -> LayerOp:
         """The module as an operator of its inputs and parameters (see :mod:`zplug.engine.ops`)."""
         if self._op is None:
-            cache = self.binding.ops if self._spec is _POSITIONAL.get(len(self.inputs)) else None
-            op = None if cache is None else cache.get(len(self.inputs))
+            count, binding = len(self.inputs), self.binding
+            op = binding.ops.get(count) if self._spec.shared else None
             if op is None:
-                op = op_for(self.module, self.args, self.kwargs, self.binding.original_forward, self._spec.rebuild)
-                if cache is not None and not isinstance(op, GenericOp):  # GenericOp keeps the call's arguments
-                    cache[len(self.inputs)] = op
+                op = op_for(self.module, self.args, self.kwargs, binding.original_forward, self._spec.rebuild)
+                if self._spec.shared and not isinstance(op, GenericOp):  # a GenericOp keeps the call's arguments
+                    binding.ops[count] = op
             self._op = op
         return self._op
 

@@ -71,10 +71,11 @@ def divide_stabilized(relevance: torch.Tensor, stabilizer: StabilizerLike, z: to
     if torch.is_grad_enabled() or not isinstance(stabilizer, Real) or relevance.shape != z.shape:
         return relevance / apply_stabilizer(stabilizer, z)
     epsilon = float(stabilizer)
-    if z.dtype in _EXACT_DTYPES and relevance.dtype == z.dtype:
+    if z.dtype in _EXACT_DTYPES and relevance.dtype == z.dtype and z.device.type == "cpu":
         # z + eps * sign(z) in two passes: for non-zero z, eps * (+-1) is exact, so this is bit for bit
         # Zennit's sum. Zeros (sign 0, also -0.0) leave a zero denominator, and every division by zero
-        # gives inf or NaN: a finite sum of the quotient proves there was none.
+        # gives inf or NaN: a finite sum of the quotient proves there was none. (CPU only: on a GPU the
+        # check would wait for the device at every layer, and element-wise passes are cheap there.)
         denominator = torch.sign(z)
         torch.add(z, denominator, alpha=epsilon, out=denominator)
         quotient = torch.div(relevance, denominator, out=denominator)
