@@ -208,9 +208,13 @@ def _default_allocator_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in STEADY_ALLOCATOR}
 
 
+def _steady_allocator_active() -> bool:
+    return all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items())
+
+
 def _steady_allocator(argv: list[str]) -> None:
     """Re-execute this script with glibc's trimming and mmap off, unless that is done (or not glibc)."""
-    if platform.libc_ver()[0] != "glibc" or all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+    if platform.libc_ver()[0] != "glibc" or _steady_allocator_active():
         return
     os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **STEADY_ALLOCATOR})
 
@@ -324,7 +328,7 @@ def _meta(args: argparse.Namespace) -> dict:
 
 
 def _allocator_description(choice: str) -> str:
-    if choice == "steady" and all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items()):
+    if choice == "steady" and _steady_allocator_active():
         return "glibc with heap trimming and mmap off for every variant (`--allocator steady`)"
     return "as configured (`--allocator default`)"
 
