@@ -698,7 +698,7 @@ def _field_required(cls: type, key: str) -> bool:
 
 def build_part(kind: str, cls: type, params: Mapping[str, Any]) -> Any:
     """Construct a rule or canonizer class from parameters, with :class:`SpecError` naming the parameter."""
-    from zplug.rules.base import make_part
+    from zplug.parts import make_part
 
     return make_part(kind, cls, params)
 

@@ -2,7 +2,7 @@
 
 An attributor turns a differentiable function (the model, with or without rules attached)
 into relevance for its inputs. It is a frozen attrs class whose fields are its parameters,
-declared with :func:`zplug.rules.parameter` like rule parameters. A :class:`Session`
+declared with :func:`zplug.parts.parameter` like rule parameters. A :class:`Session`
 attaches a mapping's rules once and runs the attributor on as many batches as needed.
 """
 
@@ -17,19 +17,13 @@ import attrs
 import torch
 
 from zplug.errors import ModelMismatchError, SpecError
-from zplug.rules.base import make_part, parameter
+from zplug.parts import Part, make_part, parameter, positive_int
 
 Tensors = tuple[torch.Tensor, ...]
 #: ``progress(done, total)``: called after each chunk of a sample-based attributor.
 Progress = Callable[[int, int], None]
 #: Maps the chosen model output to the output relevance (the vector of the vector-Jacobian product).
 OutputRelevance = Callable[[torch.Tensor], torch.Tensor]
-
-
-def positive_int(name: str, value: Any) -> None:
-    """Accept an integer >= 1."""
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise SpecError(f"parameter '{name}' must be an integer >= 1 (got {value!r})")
 
 
 def chunk_size_parameter(default: int = 32) -> Any:
@@ -43,25 +37,19 @@ def chunk_size_parameter(default: int = 32) -> Any:
 
 
 @attrs.frozen(kw_only=True)
-class Attributor:
-    """Base class of all attributors.
+class Attributor(Part):
+    """Base class of all attributors (a part, :mod:`zplug.parts`).
 
     Subclasses set ``name`` and ``summary``, declare their parameters as attrs fields with
-    :func:`zplug.rules.parameter`, and implement :meth:`attribute`.
+    :func:`zplug.parts.parameter`, and implement :meth:`attribute`.
     """
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
     #: Whether the attributor differentiates the model (rules only matter then).
     uses_gradient: ClassVar[bool] = True
 
     def attribute(self, problem: Problem) -> tuple[torch.Tensor, Tensors]:
         """Return ``(output, relevance per input)`` for ``problem``."""
         raise NotImplementedError
-
-    def params(self) -> dict[str, Any]:
-        """Return the attributor's parameters by name."""
-        return {f.name: getattr(self, f.name) for f in attrs.fields(type(self))}
 
     def session(
         self,
@@ -73,17 +61,6 @@ class Attributor:
     ) -> Session:
         """Return a :class:`Session` that runs this attributor on ``model`` under ``mapping``."""
         return Session(model, self, mapping, output_index=output_index, observers=observers)
-
-    def __repr__(self) -> str:
-        return f"{self.name}({', '.join(f'{k}={_short(v)}' for k, v in self.params().items())})"
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"tensor(shape={tuple(value.shape)})"
-    if callable(value):
-        return getattr(value, "__name__", type(value).__name__)
-    return repr(value)
 
 
 def make_attributor(cls: type[Attributor], params: Mapping[str, Any]) -> Attributor:

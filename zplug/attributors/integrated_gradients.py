@@ -12,7 +12,7 @@ import torch
 
 from zplug.attributors.base import Attributor, Problem, Tensors, chunk_size_parameter, chunks, positive_int
 from zplug.errors import SpecError
-from zplug.rules.base import parameter
+from zplug.parts import parameter
 
 #: Quadrature rules on [0, 1]: ``method -> n -> (alphas, weights)``.
 METHODS: dict[str, Callable[[int], tuple[list[float], list[float]]]] = {

@@ -11,7 +11,7 @@ import torch
 
 from zplug.attributors.base import Attributor, Problem, Tensors, chunk_size_parameter, chunks
 from zplug.errors import SpecError
-from zplug.rules.base import parameter
+from zplug.parts import parameter
 
 
 def _to_sizes(value: Any) -> Any:

@@ -6,7 +6,7 @@ import attrs
 import torch
 
 from zplug.attributors.base import Attributor, Problem, Tensors, chunk_size_parameter, chunks, positive_int
-from zplug.rules.base import non_negative, parameter
+from zplug.parts import non_negative, parameter
 
 
 @attrs.frozen(kw_only=True)

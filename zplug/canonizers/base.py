@@ -19,6 +19,7 @@ import attrs
 import torch
 
 from zplug.errors import ZplugError
+from zplug.parts import Part
 
 
 class CanonizerError(ZplugError, ValueError):
@@ -26,11 +27,9 @@ class CanonizerError(ZplugError, ValueError):
 
 
 @attrs.frozen(kw_only=True)
-class Canonizer:
-    """Base class of canonizers."""
+class Canonizer(Part):
+    """Base class of canonizers (a part, :mod:`zplug.parts`)."""
 
-    name: ClassVar[str] = ""
-    summary: ClassVar[str] = ""
     #: Names of canonizers whose work this one already does (e.g. a model-family canonizer that
     #: merges BatchNorm covers ``"merge_batchnorm"``); :func:`auto_canonizers` drops those.
     covers: ClassVar[tuple[str, ...]] = ()

@@ -25,7 +25,7 @@ from zplug.canonizers._trace import NotTraceableError, trace
 from zplug.canonizers.base import Canonizer, CanonizerError
 from zplug.engine.ops import override_params
 from zplug.errors import SpecError
-from zplug.rules.base import parameter
+from zplug.parts import parameter
 
 BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)

@@ -441,13 +441,6 @@ def contact_sheet_of(cells: list):
     return contact_sheet(pixels, [c[2] for c in cells], [c[3] for c in cells], scale=scale)
 
 
-def describe_attributor(attributor: Any) -> str:
-    """Return ``name(k=v, ...)`` for an attributor (Attributor's own repr, which attrs replaces in subclasses)."""
-    from zplug.attributors.base import Attributor
-
-    return Attributor.__repr__(attributor)
-
-
 def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: float, world_size: int) -> str:
     """Return the lines printed at the end of a run."""
     args = plan.args
@@ -459,7 +452,7 @@ def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: 
     lines = [
         f"explained {len(records)} input{'s' if len(records) != 1 else ''}, target {args.target}",
         f"model: {plan.label} ({plan.convention.source})",
-        f"method: {method}, attributor {describe_attributor(plan.attributor)}",
+        f"method: {method}, attributor {repr(plan.attributor)}",
         f"preprocessing: {plan.convention.preprocess.describe()}",
     ]
     labelled = [r for r in records if r.label is not None]

@@ -1,6 +1,18 @@
 """Rules: how a layer distributes the relevance of its outputs over its inputs."""
 
-from zplug.rules.base import Rule, make_rule, parameter, parameter_info
+from zplug.rules.base import (
+    Rule,
+    make_rule,
+    names,
+    non_negative,
+    non_negative_or_callable,
+    number,
+    number_or_tensor,
+    parameter,
+    parameter_info,
+    positive_int,
+    to_names,
+)
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 
@@ -35,7 +47,14 @@ __all__ = (
     "ZBox",
     "ZPlus",
     "make_rule",
+    "names",
+    "non_negative",
+    "non_negative_or_callable",
+    "number",
+    "number_or_tensor",
     "parameter",
     "parameter_info",
+    "positive_int",
     "rule",
+    "to_names",
 )

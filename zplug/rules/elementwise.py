@@ -29,7 +29,7 @@ def _check_shape(call, x: torch.Tensor, relevance: torch.Tensor, rule: str) -> N
         )
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class Pass(Rule):
     """Pass the upper relevance through unchanged (element-wise layers: activations, BatchNorm).
 
@@ -49,7 +49,7 @@ class Pass(Rule):
         return (relevance,)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class ReLUDeconvNet(Rule):
     """DeconvNet: keep the positive part of the upper signal, ignoring the forward mask."""
 
@@ -62,7 +62,7 @@ class ReLUDeconvNet(Rule):
         return (relevance.clamp(min=0),)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class ReLUGuidedBackprop(Rule):
     """Guided backpropagation: the layer's gradient, restricted to positive upper signal.
 
@@ -83,7 +83,7 @@ class ReLUGuidedBackprop(Rule):
         return (gradient * (relevance > 0),)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class ReLUBetaSmooth(Rule):
     """Softplus surrogate gradient: ``sigmoid(beta_smooth * x) * R`` (for second-order use)."""
 

@@ -115,7 +115,7 @@ def _zero_params():
     return parameter((), doc=_ZERO_DOC, kind="list of names", check=names, converter=to_names)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class Epsilon(Rule):
     """LRP-epsilon: ``R_i = x_i sum_j w_ji R_j / (z_j + eps sign(z_j))``; ``epsilon=0`` is LRP-0.
 
@@ -140,7 +140,7 @@ class Epsilon(Rule):
         return _times_inputs(xs, call.op.transpose(scaled, xs, params), call.op)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class Norm(Rule):
     """Proportional split without parameters (sums, average pooling): ``R_i = x_i dz/dx_i R / z``.
 
@@ -163,7 +163,7 @@ class Norm(Rule):
         return _mul(xs, shares)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class ZPlus(Rule):
     """LRP-z+: only positive contributions (``x+ w+`` and ``x- w-``) count; equals alpha_beta(1, 0)."""
 
@@ -198,7 +198,7 @@ def _check_alpha_beta(instance: AlphaBeta, attribute, value) -> None:
         )
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class AlphaBeta(Rule):
     """LRP-alpha-beta: ``alpha`` times the positive share minus ``beta`` times the negative share."""
 
@@ -240,7 +240,7 @@ class AlphaBeta(Rule):
         return tuple(self.alpha * p - self.beta * n for p, n in zip(r_pos, r_neg))
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class Gamma(Rule):
     """Generalised LRP-gamma: favour contributions of the output's sign by ``gamma``."""
 
@@ -309,7 +309,7 @@ def _bound(value: float | torch.Tensor, x: torch.Tensor, which: str, layer: str)
         ) from None
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class ZBox(Rule):
     """LRP-z^B for bounded inputs (usually the first layer): ``low <= x <= high``."""
 
@@ -340,7 +340,7 @@ class ZBox(Rule):
         return tuple(a - (b + c) for a, b, c in zip(r_x, r_low, r_high))
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class WSquare(Rule):
     """LRP-w^2: distribute by squared weights, independent of the input."""
 
@@ -358,7 +358,7 @@ class WSquare(Rule):
         return call.op.transpose(scaled, ones, squared)
 
 
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class Flat(Rule):
     """LRP-flat: distribute uniformly over each output's receptive field."""
 

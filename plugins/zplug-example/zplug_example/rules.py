@@ -7,8 +7,7 @@ import torch
 
 from zplug import stabilize
 from zplug.errors import RelevanceError
-from zplug.rules import Rule, parameter
-from zplug.rules.base import non_negative
+from zplug.rules import Rule, non_negative, parameter
 
 
 @attrs.frozen(kw_only=True)
