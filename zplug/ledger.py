@@ -10,11 +10,14 @@ autograd graph and reports what they leaked. Every bit of lost relevance is acco
     output relevance = input relevance + sum(absorbed) + sum(leaked)   (up to round-off)
 
 How it works: the engine calls :meth:`Ledger.observe` after each rule computation (an
-engine observer). Just before the backward pass, :meth:`Ledger.trace` walks the autograd
-graph from the output: rule nodes are layers; the other nodes between them form *regions*
-(connected groups of un-ruled operations), each fed by the layers (or the output) above and
-feeding the layers (or the inputs) below. A region's leak is what entered it minus what
-left it. Nothing is attached when no ledger is requested.
+engine observer, :data:`zplug.engine.Observer`); the rule's own :meth:`~zplug.rules.Rule.absorption`
+says how much of what it absorbed is the stabiliser's and the bias's. Just before the backward
+pass, :meth:`Ledger.trace` walks the autograd graph from the output: rule nodes
+(:func:`zplug.engine.binding_of`) are layers, matched to their observations by the call's key
+(:attr:`zplug.engine.LayerCall.key`); the other nodes between them form *regions* (connected
+groups of un-ruled operations), each fed by the layers (or the output) above and feeding the
+layers (or the inputs) below. A region's leak is what entered it minus what left it. Nothing
+is attached when no ledger is requested.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Any
 import attrs
 import torch
 
-from zplug.engine.function import Binding
-from zplug.engine.stabilize import apply_stabilizer
+from zplug.engine.function import Binding, LayerCall, binding_of
+from zplug.errors import RelevanceError
+from zplug.rules.base import Absorption, Rule, relevance_total
 
 
 @attrs.frozen(kw_only=True)
@@ -88,13 +92,19 @@ class Ledger:
         self._graph: _Graph | None = None
 
     # -- collection --------------------------------------------------------------------------
-    def observe(self, binding: Binding, call: Any, grad_outputs: tuple, relevance: tuple) -> None:
-        """Engine observer: record the relevance sums of one rule computation."""
-        received = tuple(_total(g) for g in grad_outputs)
-        emitted = tuple(_total(r) for r in relevance)
-        stabilizer = _stabilizer_share(binding.rule, call, grad_outputs)
-        bias = None if stabilizer is None else sum(received) - sum(emitted) - stabilizer
-        self._observed[id(call._saved_outputs)] = (received, emitted, stabilizer, bias)
+    def observe(self, binding: Binding, call: LayerCall, grad_outputs: tuple, relevance: tuple) -> None:
+        """Engine observer: record the relevance sums of one rule computation, and the rule's split."""
+        received = tuple(relevance_total(g) for g in grad_outputs)
+        emitted = tuple(relevance_total(r) for r in relevance)
+        with torch.no_grad():
+            split = binding.rule.absorption(call, grad_outputs, relevance)
+        if split is not None and not isinstance(split, Absorption):
+            raise RelevanceError(
+                f"rule '{binding.rule.name}' on layer '{binding.name}': absorption() returned "
+                f"{type(split).__name__}; return a zplug.rules.Absorption or None"
+            )
+        stabilizer, bias = (None, None) if split is None else (split.stabilizer, split.bias)
+        self._observed[id(call.key)] = (received, emitted, stabilizer, bias)
 
     @contextmanager
     def watching(self, model: torch.nn.Module) -> Iterator[None]:
@@ -123,25 +133,25 @@ class Ledger:
 
     def trace(self, inputs: Sequence[torch.Tensor], output: torch.Tensor, grad_output: torch.Tensor) -> None:
         """Walk the autograd graph from ``output`` (call it before the backward pass)."""
-        self.output = _total(grad_output)
+        self.output = relevance_total(grad_output)
         self._graph = _Graph(inputs, output, self._module_names)
 
     def finish(self, input_relevance: Sequence[torch.Tensor]) -> Ledger:
         """Combine the observations with the graph into :attr:`entries` (call it after the backward pass)."""
-        self.input = sum(_total(r) for r in input_relevance)
+        self.input = sum(relevance_total(r) for r in input_relevance)
         graph = self._graph
         if graph is None:
             raise RuntimeError("Ledger.trace() was not called before the backward pass")
         emitted: dict[Any, float] = {("top",): self.output}
-        received: dict[Any, float] = {("in", i): _total(r) for i, r in enumerate(input_relevance)}
+        received: dict[Any, float] = {("in", i): relevance_total(r) for i, r in enumerate(input_relevance)}
         rows: list[tuple[int, LedgerEntry]] = []
         for node in graph.layers:
-            got, gave, stabilizer, bias = self._observed.get(id(node.outputs), ((), (), None, None))
+            got, gave, stabilizer, bias = self._observed.get(id(node), ((), (), None, None))
             for idx, value in enumerate(got):
                 received[("out", id(node), idx)] = value
             for j, value in enumerate(gave):
                 emitted[("edge", id(node), j)] = value
-            binding = node.binding
+            binding = binding_of(node)
             entry = LedgerEntry(
                 kind="layer", name=binding.name, rule=_rule_label(binding.rule), relevance_in=sum(got),
                 relevance_out=sum(gave), stabilizer=stabilizer, bias=bias,
@@ -223,8 +233,8 @@ class Ledger:
         return f"<Ledger {len(self.entries)} entries: output={self.output:.6g}, input={self.input:.6g}>"
 
 
-def _rule_label(rule: Any) -> str:
-    params = rule.params() if hasattr(rule, "params") else {}
+def _rule_label(rule: Rule) -> str:
+    params = rule.params()
     shown = ", ".join(
         f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
         for k, v in params.items()
@@ -235,28 +245,6 @@ def _rule_label(rule: Any) -> str:
 
 def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
-
-
-def _total(t: torch.Tensor | None) -> float:
-    return 0.0 if t is None else float(t.detach().double().sum())
-
-
-def _stabilizer_share(rule: Any, call: Any, grad_outputs: tuple) -> float | None:
-    """The relevance the stabiliser absorbed, for rules whose denominator is the layer's output."""
-    if getattr(rule, "name", None) not in ("epsilon", "norm") or len(grad_outputs) != 1:
-        return None
-    stabilizer = getattr(rule, "epsilon", getattr(rule, "stabilizer", None))
-    zero = getattr(rule, "zero_params", ())
-    with torch.no_grad():
-        if zero:
-            params = {
-                k: None if v is None else (torch.zeros_like(v) if k in zero else v) for k, v in call.params().items()
-            }
-            z = call.op.forward(call.inputs, params)
-        else:
-            z = call.output
-        denominator = apply_stabilizer(stabilizer, z)
-        return _total(grad_outputs[0] * (1 - z / denominator))
 
 
 # -- the graph between the rule nodes ---------------------------------------------------------------
@@ -326,7 +314,7 @@ class _Graph:
         stack = [(key, node, idx)]
         while stack:
             key, node, idx = stack.pop()
-            if isinstance(getattr(node, "binding", None), Binding) and hasattr(node, "outputs"):
+            if binding_of(node) is not None:
                 self._union(key, ("out", id(node), idx))
                 if id(node) not in self._seen:
                     self._seen.add(id(node))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from zplug.canonizers._patch import PatchStack, patching
 from zplug.canonizers._trace import NotTraceableError, trace
 from zplug.canonizers.base import Canonizer, CanonizerError
+from zplug.engine.identity import mark_identity
 from zplug.engine.ops import override_params
 from zplug.errors import SpecError
 from zplug.parts import parameter
@@ -126,13 +127,11 @@ def _merged_forward(module: torch.nn.Module, weight: torch.Tensor, bias: torch.T
     return forward
 
 
+@mark_identity  # a ``pass`` rule on the merged BatchNorm then costs nothing: the identity's gradient passes
 def _identity(input: torch.Tensor) -> torch.Tensor:
     # No copy: if an in-place operation later changes the tensor that the preceding layer's rule
     # stored as its output, the engine sees the changed version counter and recomputes the output.
     return input
-
-
-_identity.zplug_identity = True  # the engine may skip a ``pass`` rule on it: its gradient already passes
 
 
 # -- checks ----------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ gradients are needed, the binding runs the original forward inside a custom
 ``torch.autograd.Function`` whose backward asks the rule for the input relevance. Each
 call records its own inputs, so a module called twice gets two independent relevance
 computations, and every tensor argument (positional or keyword) gets its own relevance.
+
+Observers (:data:`Observer`) see every rule computation; :attr:`LayerCall.key` is the call's
+autograd node, and :func:`binding_of` recognises such nodes when an observer walks the graph.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from zplug.engine.identity import is_identity
 from zplug.engine.ops import GenericOp, LayerOp, inside_rule, op_for, params_of, rule_computation
 from zplug.errors import RelevanceError
 
 if TYPE_CHECKING:
     from zplug.rules.base import Rule
 
-#: Observer signature: ``(binding, call, grad_outputs, relevance)``; see :attr:`Binding.observers`.
+#: An observer is called after each rule computation as ``observer(binding, call, grad_outputs, relevance)``:
+#: the :class:`Binding` (module name and rule), the :class:`LayerCall` (``call.key`` identifies the call),
+#: the relevance of each output and the relevance the rule returned for each input. Attaching one turns
+#: the pass-through shortcuts off, so that it sees every call (see :attr:`Binding.observers`).
 Observer = Callable[["Binding", "LayerCall", tuple, tuple], None]
 
 
@@ -74,6 +81,12 @@ class LayerCall:
 
     Attributes
     ----------
+    key : torch.autograd.graph.Node
+        What identifies this call: its node in the autograd graph (the ``grad_fn`` of its outputs),
+        the object the forward pass made for it. An observer that walks the graph finds the same
+        object there (see :func:`binding_of`); two calls of one module have different keys.
+    binding : Binding
+        The module's binding (module, name, rule).
     module : torch.nn.Module
         The module.
     name : str
@@ -84,16 +97,16 @@ class LayerCall:
         The call's arguments (tensors included).
     """
 
-    def __init__(
-        self, binding: Binding, spec: _ArgSpec, inputs: tuple[torch.Tensor, ...], saved_outputs: tuple
-    ) -> None:
+    def __init__(self, node: Any, inputs: tuple[torch.Tensor, ...]) -> None:
+        binding: Binding = node.binding
+        self.key = node
         self.binding = binding
         self.module = binding.module
         self.name = binding.name
         self.inputs = inputs
-        self.args, self.kwargs = spec.rebuild(inputs)
-        self._spec = spec
-        self._saved_outputs = saved_outputs
+        self._spec: _ArgSpec = node.spec
+        self.args, self.kwargs = self._spec.rebuild(inputs)
+        self._saved_outputs: tuple = node.outputs
         self._op: LayerOp | None = None
 
     @property
@@ -171,7 +184,7 @@ class _RuleFunction(torch.autograd.Function):
             return (None, None, *_plain_gradient(binding, ctx.spec, inputs, grad_outputs))
         if ctx.shortcut and not binding.observers:
             return (None, None, grad_outputs[0])
-        call = LayerCall(binding, ctx.spec, inputs, ctx.outputs)
+        call = LayerCall(ctx, inputs)
         with rule_computation():
             relevance = tuple(binding.rule.backward(call, grad_outputs))
         if len(relevance) != len(inputs):
@@ -188,6 +201,19 @@ class _RuleFunction(torch.autograd.Function):
         for observer in binding.observers:
             observer(binding, call, grad_outputs, relevance)
         return (None, None, *relevance)
+
+
+#: The class of the autograd nodes that ``_RuleFunction`` makes.
+_RULE_NODE: type = _RuleFunction._backward_cls
+
+
+def binding_of(node: Any) -> Binding | None:
+    """Return the binding whose rule computes ``node``'s relevance, or None for any other autograd node.
+
+    ``node`` is a node of an autograd graph (``tensor.grad_fn`` or one of its ``next_functions``);
+    for a module call with a rule it is the :attr:`LayerCall.key` that observers receive.
+    """
+    return node.binding if isinstance(node, _RULE_NODE) else None
 
 
 def _plain_gradient(binding: Binding, spec: _ArgSpec, inputs: tuple, grad_outputs: tuple) -> tuple:
@@ -237,13 +263,13 @@ class Binding:
         self.observers: list[Observer] = []
         #: Operators of positional-only calls by input count (they depend on the module alone).
         self.ops: dict[int, LayerOp] = {}
-        from zplug.rules.elementwise import Pass
-
-        #: The rule is ``pass`` (relevance through unchanged): no rule call is needed for it.
-        self.passes = type(rule).backward is Pass.backward
-        #: ``pass`` on a forward that returns its input: the plain gradient is already the relevance,
-        #: so no autograd node is made (unless observers want to see the layer).
-        self.skippable = self.passes and getattr(original_forward, "zplug_identity", False)
+        #: The rule passes relevance through unchanged (:attr:`Rule.passes_relevance`): on a one-tensor
+        #: call of unchanged shape the relevance goes straight through, without calling the rule.
+        self.passes = rule.passes_relevance is True
+        #: A pass-through rule on a forward marked as the identity (:func:`~zplug.engine.mark_identity`):
+        #: the plain gradient is already the relevance, so no autograd node is made (unless observers
+        #: want to see the layer).
+        self.skippable = self.passes and is_identity(original_forward)
         #: While True, backward passes through this module compute relevance; ``attach_rules``
         #: sets it to False on exit, so graphs built inside the block then give plain gradients.
         self.active = True
@@ -265,4 +291,4 @@ class Binding:
         return f"<Binding {self.name!r}: {self.rule!r}>"
 
 
-__all__ = ("Binding", "LayerCall", "Observer")
+__all__ = ("Binding", "LayerCall", "Observer", "binding_of")

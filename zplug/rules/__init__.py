@@ -1,6 +1,7 @@
 """Rules: how a layer distributes the relevance of its outputs over its inputs."""
 
 from zplug.rules.base import (
+    Absorption,
     Rule,
     make_rule,
     names,
@@ -11,6 +12,7 @@ from zplug.rules.base import (
     parameter,
     parameter_info,
     positive_int,
+    relevance_total,
     to_names,
 )
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
@@ -33,6 +35,7 @@ def rule(name: str, **params):
 
 
 __all__ = (
+    "Absorption",
     "AlphaBeta",
     "Epsilon",
     "Flat",
@@ -55,6 +58,7 @@ __all__ = (
     "parameter",
     "parameter_info",
     "positive_int",
+    "relevance_total",
     "rule",
     "to_names",
 )

@@ -4,12 +4,16 @@ A rule is a part (:mod:`zplug.parts`): a frozen attrs class whose fields are its
 declared once with :func:`~zplug.parts.parameter` and validated on construction, from Python
 and from TOML presets alike. The parameter declaration and the value checks are re-exported
 here, so rule authors can import everything from :mod:`zplug.rules`.
+
+Besides :meth:`Rule.backward`, a rule may declare two things the engine and the conservation
+ledger use: :attr:`Rule.passes_relevance` (its backward hands the relevance through unchanged) and
+:meth:`Rule.absorption` (how much relevance its stabiliser and the layer's bias absorbed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 
@@ -33,14 +37,48 @@ if TYPE_CHECKING:
     from zplug.engine.function import LayerCall
 
 
+def relevance_total(relevance: torch.Tensor | None) -> float:
+    """The sum of ``relevance`` over all entries (the batch included), in float64; 0 for None."""
+    return 0.0 if relevance is None else float(relevance.detach().double().sum())
+
+
+@attrs.frozen(kw_only=True)
+class Absorption:
+    """The relevance one rule computation absorbed, by cause (sums over the batch, see :meth:`Rule.absorption`).
+
+    Attributes
+    ----------
+    stabilizer : float
+        Absorbed by the stabiliser of the denominator (epsilon).
+    bias : float
+        Absorbed by the layer's bias (its share of the output that no input contributed).
+    """
+
+    stabilizer: float
+    bias: float
+
+
 @attrs.frozen(kw_only=True)
 class Rule(Part):
     """Base class of all rules.
 
     Subclasses set ``name`` (how presets refer to them) and ``summary`` (one line), declare
     their parameters as attrs fields with :func:`~zplug.parts.parameter`, and implement
-    :meth:`backward`.
+    :meth:`backward`. They may also set :attr:`passes_relevance` and implement :meth:`absorption`.
     """
+
+    #: True declares that :meth:`backward` returns the output's relevance unchanged on a call with
+    #: one tensor input and one output of the same shape. The engine then skips the rule there
+    #: (no :class:`~zplug.engine.LayerCall`, no call), and on a forward that a canonizer marked as
+    #: the identity (:func:`zplug.engine.mark_identity`) it makes no autograd node at all. A subclass
+    #: that defines its own ``backward`` does not inherit the declaration (it is reset to False
+    #: unless the subclass sets it again), so an override is never skipped by mistake.
+    passes_relevance: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "backward" in cls.__dict__ and "passes_relevance" not in cls.__dict__:
+            cls.passes_relevance = False
 
     def backward(self, call: LayerCall, grad_outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
         """Return the relevance of each of ``call.inputs`` given the relevance of each output.
@@ -54,6 +92,34 @@ class Rule(Part):
         """
         raise NotImplementedError
 
+    def absorption(
+        self,
+        call: LayerCall,
+        grad_outputs: tuple[torch.Tensor, ...],
+        relevance: Sequence[torch.Tensor | None],
+    ) -> Absorption | None:
+        """Say how much of the relevance this call absorbed is due to the stabiliser and to the bias.
+
+        The conservation ledger calls it (under ``torch.no_grad()``) after :meth:`backward` returned
+        ``relevance`` for the same call; nothing calls it otherwise. The default, None, means the rule
+        does not split what it absorbed (the ledger then shows only the total, ``R in - R out``).
+
+        Parameters
+        ----------
+        call : LayerCall
+            The module call, as :meth:`backward` saw it.
+        grad_outputs : tuple of torch.Tensor
+            The upper-layer relevance, one tensor per output.
+        relevance : sequence of torch.Tensor or None
+            What :meth:`backward` returned, one entry per input.
+
+        Returns
+        -------
+        Absorption or None
+            The two shares, each summed over all entries (use :func:`relevance_total`), or None.
+        """
+        return None
+
 
 def make_rule(rule_class: type[Rule], params: Mapping[str, Any]) -> Rule:
     """Construct ``rule_class`` from a parameter mapping (see :func:`make_part`)."""
@@ -61,6 +127,7 @@ def make_rule(rule_class: type[Rule], params: Mapping[str, Any]) -> Rule:
 
 
 __all__ = (
+    "Absorption",
     "Rule",
     "make_part",
     "make_rule",
@@ -72,5 +139,6 @@ __all__ = (
     "parameter",
     "parameter_info",
     "positive_int",
+    "relevance_total",
     "to_names",
 )

@@ -38,6 +38,7 @@ class Pass(Rule):
 
     name = "pass"
     summary = "pass relevance through unchanged (activations, normalisation)"
+    passes_relevance = True
 
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""

@@ -19,12 +19,14 @@ from zplug.engine.ops import ConvOp, LinearOp, SumOp
 from zplug.engine.stabilize import apply_stabilizer, divide_stabilized
 from zplug.errors import RelevanceError
 from zplug.rules.base import (
+    Absorption,
     Rule,
     names,
     non_negative,
     non_negative_or_callable,
     number_or_tensor,
     parameter,
+    relevance_total,
     to_names,
 )
 
@@ -103,6 +105,27 @@ def _mul(a: Tensors, b: Tensors) -> Tensors:
     return tuple(p * q for p, q in zip(a, b))
 
 
+def _stabilizer_absorption(
+    call: LayerCall, grad_outputs: Tensors, relevance, stabilizer, zero_params: tuple[str, ...] = ()
+) -> Absorption | None:
+    """The split of a rule that divides by the stabilised output ``z``: ``R (1 - z / stab(z))`` is the stabiliser's.
+
+    ``z`` is the layer's output (with ``zero_params`` zeroed). The rest of what the layer absorbed
+    is the bias's share ``R b / stab(z)``: the inputs' contributions add up to ``z - b``. Layers with
+    several outputs are not split.
+    """
+    if len(grad_outputs) != 1:
+        return None
+    if zero_params:
+        z = call.op.forward(call.inputs, _modify(call.params(), _same, zero_params))
+    else:
+        z = call.output
+    share = relevance_total(grad_outputs[0] * (1 - z / apply_stabilizer(stabilizer, z)))
+    received = sum(relevance_total(r) for r in grad_outputs)
+    emitted = sum(relevance_total(r) for r in relevance)
+    return Absorption(stabilizer=share, bias=received - emitted - share)
+
+
 _STABILIZER_DOC = "added to the denominator with its sign (a number), or a callable f(z) -> stabilised z"
 _ZERO_DOC = "names of parameters set to zero, e.g. [\"bias\"]"
 
@@ -139,6 +162,10 @@ class Epsilon(Rule):
         scaled = _scaled(grad_outputs, outputs, self.epsilon)
         return _times_inputs(xs, call.op.transpose(scaled, xs, params), call.op)
 
+    def absorption(self, call, grad_outputs, relevance):
+        """Split what the layer absorbed into the epsilon and the bias shares (one-output layers)."""
+        return _stabilizer_absorption(call, grad_outputs, relevance, self.epsilon, self.zero_params)
+
 
 @attrs.frozen(kw_only=True)
 class Norm(Rule):
@@ -161,6 +188,10 @@ class Norm(Rule):
         if reusable and not torch.is_grad_enabled():
             return (*_mul(xs[:-1], shares[:-1]), shares[-1].mul_(xs[-1]))
         return _mul(xs, shares)
+
+    def absorption(self, call, grad_outputs, relevance):
+        """Split what the layer absorbed into the stabiliser and the bias shares (one-output layers)."""
+        return _stabilizer_absorption(call, grad_outputs, relevance, self.stabilizer)
 
 
 @attrs.frozen(kw_only=True)
