@@ -14,7 +14,7 @@ from zplug_example import EpsilonScaled
 import zplug
 from zplug.errors import SpecError
 from zplug.registry import PluginRegistry, set_default_registry
-from zplug.rules import Epsilon, make_rule, rule
+from zplug.rules import Epsilon, Pass, make_rule, rule
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -135,3 +135,36 @@ def test_preset_follows_the_preset_format(example_registry):
             assert value["param"] in preset["params"]
         resolved = {k: preset["params"][v["param"]] for k, v in params.items()}
         make_rule(example_registry.rules[spec["name"]], resolved)
+
+
+def _signs(z):
+    return torch.where(z >= 0, 1.0, -1.0).to(z)
+
+
+def test_ledger_splits_what_a_layer_absorbed_into_stabiliser_and_bias():
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    rules = {"0": EpsilonScaled(epsilon=0.1), "1": Pass(), "2": EpsilonScaled(epsilon=0.2)}
+    e = zplug.explain(model, x, lambda out: out, mapping=rules, ledger=True)
+    y = e.output.detach()
+    d = y + 0.2 * y.square().mean(dim=1, keepdim=True).sqrt() * _signs(y)
+    last = e.ledger.layer("2")
+    assert last.stabilizer == pytest.approx(float((y * (d - y) / d).sum()), rel=1e-10)
+    assert last.bias == pytest.approx(float((y * model[2].bias.detach() / d).sum()), rel=1e-8)
+    for name in ("0", "2"):
+        entry = e.ledger.layer(name)
+        assert entry.stabilizer + entry.bias == pytest.approx(entry.lost, rel=1e-12)
+
+
+def test_ledger_counts_a_dropped_sample_under_the_stabiliser():
+    layer = torch.nn.Linear(4, 3, bias=False).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    x[2] = 0.0  # all outputs of sample 2 are zero: the rule drops its relevance
+    e = zplug.explain(layer, x, lambda out: torch.ones_like(out), mapping={"": EpsilonScaled(epsilon=0.1)}, ledger=True)
+    z = layer(x).detach()[:2]
+    d = z + 0.1 * z.square().mean(dim=1, keepdim=True).sqrt() * _signs(z)
+    (entry,) = e.ledger.entries
+    assert entry.stabilizer == pytest.approx(float(((d - z) / d).sum()) + 3.0, rel=1e-10)
+    assert entry.bias == pytest.approx(0.0, abs=1e-12)
+    assert entry.relevance_in == 9.0 and entry.relevance_out == pytest.approx(9.0 - entry.stabilizer, rel=1e-10)

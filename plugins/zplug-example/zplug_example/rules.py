@@ -7,7 +7,7 @@ import torch
 
 from zplug import stabilize
 from zplug.errors import RelevanceError
-from zplug.rules import Rule, non_negative, parameter
+from zplug.rules import Absorption, Rule, non_negative, parameter, relevance_total
 
 
 @attrs.frozen(kw_only=True)
@@ -42,3 +42,20 @@ class EpsilonScaled(Rule):
         dead = denominator == 0  # only where a whole sample's outputs are zero
         scaled = torch.where(dead, 0.0, grad_outputs[0] / torch.where(dead, 1.0, denominator))
         return tuple(x * g for x, g in zip(call.inputs, call.op.transpose(scaled, call.inputs, call.params())))
+
+    def absorption(self, call, grad_outputs, relevance):
+        """Split what the layer absorbed for the conservation ledger (``zplug.explain(..., ledger=True)``).
+
+        The stabiliser takes ``R_j (d_j - z_j) / d_j`` with ``d_j`` the stabilised denominator, and the
+        whole relevance of a sample whose outputs are all zero (the rule drops it). The rest is the
+        bias's share ``R_j b_j / d_j``: the inputs' contributions add up to ``z_j - b_j``.
+        """
+        if len(grad_outputs) != 1:
+            return None
+        z, upper = call.output, grad_outputs[0]
+        denominator = stabilize(z, self.epsilon, norm_scale=True)
+        dead = denominator == 0
+        share = torch.where(dead, upper, upper * (denominator - z) / torch.where(dead, 1.0, denominator))
+        stabilizer = relevance_total(share)
+        absorbed = relevance_total(upper) - sum(relevance_total(r) for r in relevance)
+        return Absorption(stabilizer=stabilizer, bias=absorbed - stabilizer)
