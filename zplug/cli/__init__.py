@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def warnings_as_lines() -> Iterator[None]:
     """Print each :class:`CoverageWarning` as one ``zplug: warning: ...`` line on stderr (other warnings as usual)."""
     with warnings.catch_warnings():
+        warnings.simplefilter("always", CoverageWarning)  # zplug issues each once per mapping already
         show = warnings.showwarning
 
         def showwarning(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' hook

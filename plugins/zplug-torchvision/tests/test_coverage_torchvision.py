@@ -87,3 +87,34 @@ def test_stochastic_depth_is_declared_linear(tv, registry):
     depth = [op for op in coverage.operations if op.op == "StochasticDepth"]
     assert depth and all(op.kind == "linear" for op in depth)
     assert coverage.uncovered == ()
+
+
+@pytest.mark.parametrize(
+    "model_name,canonizers", [("resnet18", []), ("resnet18", None), ("mobilenet_v2", None)], ids=str
+)
+def test_fx_and_first_call_agree(tv, registry, monkeypatch, model_name, canonizers):
+    import weakref
+
+    import zplug.coverage
+    from zplug.coverage import fx
+
+    model = tv.shared_model(model_name)
+    traced = zplug.resolve(model, "epsilon_plus", canonizers=canonizers).coverage
+    monkeypatch.setattr(zplug.coverage, "_cache", weakref.WeakKeyDictionary())
+    monkeypatch.setattr(fx, "trace_steps", lambda *a: (_ for _ in ()).throw(fx.NotTraceableError("refused")))
+    mapping = zplug.resolve(model, "epsilon_plus", canonizers=canonizers)
+    first_call = mapping.analyse_coverage(model, torch.rand(1, 3, 32, 32))
+
+    def key(coverage):
+        return (
+            sorted((op.where, op.op, op.calls) for op in coverage.uncovered),
+            sorted(m.name for m in coverage.idle),
+            sorted(m.name for m in coverage.lossy),
+        )
+
+    assert first_call.method == "autograd graph of the first call" and traced.method == "torch.fx"
+    assert key(first_call) == key(traced)
+    if canonizers == []:  # without canonizer every residual addition is a functional add of two tensors
+        assert [(op.where, op.op) for op in traced.uncovered] == [
+            (f"layer{i}.{j}", "add") for i in range(1, 5) for j in range(2)
+        ]
