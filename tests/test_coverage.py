@@ -111,6 +111,45 @@ class Constants(nn.Module):
         return self.out(h.masked_fill(~mask, 0.0))
 
 
+class Excite(nn.Module):
+    """Squeeze-excitation written by hand: ``x * sigmoid(fc(mean(x)))``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.fc(self.pool(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.se = Excite(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.se(self.relu(self.conv(x)))
+
+
+class Residual(nn.Module):
+    """Residual blocks with squeeze-excitation: ``residual_sum`` installs a traced forward that inlines them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.blocks = nn.Sequential(Block(4), Block(4))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.flatten(self.pool(self.blocks(self.relu(self.stem(x))))))
+
+
 def cnn() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2),
@@ -263,6 +302,21 @@ def test_multihead_attention_out_proj_holds_a_rule_but_is_never_called(registry)
     assert "    attn.out_proj (NonDynamicallyQuantizableLinear, epsilon)" in text
 
 
+def test_operations_keep_the_module_they_were_written_in_through_residual_sum(registry):
+    model, x = Residual().eval(), torch.rand(2, 3, 8, 8)
+    with pytest.warns(CoverageWarning) as record:
+        e = zplug.explain(model, x, preset="epsilon_plus", ledger=True)
+    assert [c.name for c in e.mapping.canonizers] == ["residual_sum"]
+    assert "forward" not in model.__dict__  # the traced forward was removed again
+    expected = [f"blocks.{i}.se: {op} (no rule)" for i in (0, 1) for op in ("sigmoid", "mul")]
+    assert [op.describe() for op in e.mapping.coverage.uncovered] == expected
+    assert coverage_warnings(record) == [
+        f"{line}: not covered by preset 'epsilon_plus', its plain gradient is used" for line in expected
+    ]
+    leaks = [entry for entry in e.ledger.leaks() if abs(entry.lost) > 1e-6]
+    assert len(leaks) == 2  # one region per gate
+
+
 def test_operations_on_constants_only_are_not_on_the_path(registry, untraced):
     model, x = Constants().eval(), torch.randn(3, 4)
     traced = zplug.resolve(model, "epsilon_plus", canonizers=[])  # torch.fx is refused: analyse the first call
@@ -284,7 +338,9 @@ def test_operations_on_constants_only_are_not_on_the_fx_path(registry):
 INPUTS = {"WithCustomHead": (2, 6), "Constants": (2, 4)}
 
 
-@pytest.mark.parametrize("build", [Gated, WithCustomHead, DemoNet, cnn, Constants], ids=lambda b: b.__name__)
+@pytest.mark.parametrize(
+    "build", [Gated, WithCustomHead, DemoNet, cnn, Constants, Residual], ids=lambda b: b.__name__
+)
 @pytest.mark.parametrize("canonizers", [None, []], ids=["auto", "none"])
 def test_fx_and_first_call_find_the_same_operations(registry, monkeypatch, build, canonizers):
     import weakref

@@ -217,10 +217,12 @@ def remember(model: Any, key: tuple | None, coverage: Coverage) -> Coverage:
 def structure_key(model: torch.nn.Module, canonizers: Sequence[Any]) -> tuple:
     """The part of a cache key that stands for ``model`` (not canonized) under ``canonizers``.
 
-    The module objects, their instance ``forward`` attributes and training flags stand for the
-    structure; canonizers count by their ``repr`` (name and parameters).
+    The module objects (and classes), their instance ``forward`` attributes and training flags stand
+    for the structure; canonizers count by their ``repr`` (name and parameters).
     """
-    structure = tuple((name, id(m), id(m.__dict__.get("forward")), m.training) for name, m in model.named_modules())
+    structure = tuple(
+        (name, type(m), id(m), id(m.__dict__.get("forward")), m.training) for name, m in model.named_modules()
+    )
     return structure, tuple(repr(c) for c in canonizers)
 
 
