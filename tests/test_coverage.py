@@ -167,7 +167,7 @@ def untraced(monkeypatch):
     from zplug.coverage import fx
 
     def refuse(model, rules, table):
-        raise fx.NotTraceableError(f"torch.fx cannot trace {type(model).__name__} (refused by the test)")
+        raise fx.FxTraceError(f"torch.fx cannot trace {type(model).__name__} (refused by the test)")
 
     monkeypatch.setattr(fx, "trace_steps", refuse)
 
@@ -352,7 +352,7 @@ def test_fx_and_first_call_find_the_same_operations(registry, monkeypatch, build
     x = torch.rand(INPUTS.get(build.__name__, (2, 3, 16, 16)))
     traced = zplug.resolve(model, "epsilon_plus", canonizers=canonizers).coverage
     monkeypatch.setattr(zplug.coverage, "_cache", weakref.WeakKeyDictionary())
-    monkeypatch.setattr(fx, "trace_steps", lambda *a: (_ for _ in ()).throw(fx.NotTraceableError("refused")))
+    monkeypatch.setattr(fx, "trace_steps", lambda *a: (_ for _ in ()).throw(fx.FxTraceError("refused")))
     mapping = zplug.resolve(model, "epsilon_plus", canonizers=canonizers)
     assert mapping.coverage.pending == "refused"
     first_call = mapping.analyse_coverage(model, x)

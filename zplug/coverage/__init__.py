@@ -256,12 +256,12 @@ def analyse(
     found = cached(model, key)
     if found is not None:
         return found
-    from zplug.coverage.fx import NotTraceableError, trace_steps
+    from zplug.coverage.fx import FxTraceError, trace_steps
 
     table = treatment_table(registry)
     try:
         steps, called = trace_steps(model, rules, table)
-    except NotTraceableError as exc:
+    except FxTraceError as exc:
         return remember(model, key, Coverage(pending=str(exc)))
     return remember(model, key, summarise("torch.fx", model, steps, called, rules, table))
 

@@ -21,7 +21,7 @@ from zplug.coverage.steps import Step
 from zplug.coverage.treatments import CUTTING_OPS, TENSOR_ATTRIBUTES, TreatmentTable, describe_callable, op_name
 
 
-class NotTraceableError(Exception):
+class FxTraceError(Exception):
     """torch.fx cannot trace the model; the message says why."""
 
 
@@ -139,7 +139,7 @@ def trace_steps(
 
     Raises
     ------
-    NotTraceableError
+    FxTraceError
         With torch.fx's reason.
     """
     modules = dict(model.named_modules())
@@ -152,7 +152,7 @@ def trace_steps(
         text = str(exc).strip()
         first = text.splitlines()[0] if text else ""
         reason = f"{type(exc).__name__}: {first[:200]}"
-        raise NotTraceableError(f"torch.fx cannot trace {type(model).__name__} ({reason})") from exc
+        raise FxTraceError(f"torch.fx cannot trace {type(model).__name__} ({reason})") from exc
     called = set(tracer.called)
     for name in tracer.called:  # what a leaf module calls inside is not traced: count it as called
         if id(modules[name]) in ruled or tracer.table.module(modules[name]) is not None:
@@ -224,4 +224,4 @@ def _flat_args(node: torch.fx.Node) -> list[torch.fx.Node]:
     return found
 
 
-__all__ = ("NotTraceableError", "graph_module_forward", "node_owner", "trace_steps")
+__all__ = ("FxTraceError", "graph_module_forward", "node_owner", "trace_steps")

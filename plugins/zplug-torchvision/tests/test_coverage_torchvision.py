@@ -101,7 +101,7 @@ def test_fx_and_first_call_agree(tv, registry, monkeypatch, model_name, canonize
     model = tv.shared_model(model_name)
     traced = zplug.resolve(model, "epsilon_plus", canonizers=canonizers).coverage
     monkeypatch.setattr(zplug.coverage, "_cache", weakref.WeakKeyDictionary())
-    monkeypatch.setattr(fx, "trace_steps", lambda *a: (_ for _ in ()).throw(fx.NotTraceableError("refused")))
+    monkeypatch.setattr(fx, "trace_steps", lambda *a: (_ for _ in ()).throw(fx.FxTraceError("refused")))
     mapping = zplug.resolve(model, "epsilon_plus", canonizers=canonizers)
     first_call = mapping.analyse_coverage(model, torch.rand(1, 3, 32, 32))
 
