@@ -401,6 +401,37 @@ def test_hook_zplug_suggest_canonizers(registry):
     ]
 
 
+def test_hook_zplug_register_op_treatments(registry):
+    from zplug.coverage.treatments import LINEAR, UNCOVERED, Treatment
+
+    class Shuffle(torch.nn.Module):
+        pass
+
+    def my_op(x):
+        return x
+
+    careful = Treatment(covered=True, summary="my rule-free treatment")
+    declared = {"my_op": "linear", Shuffle: "linear", my_op: careful, "roll": "not covered"}
+    registry.register(make_plugin("m", _returning("zplug_register_op_treatments", declared)), "m")
+    table = registry.op_treatments
+    assert table.names["my_op"] is LINEAR and table.names["view"] is LINEAR  # the built-ins are there too
+    assert table.names["roll"] is UNCOVERED  # a plugin's declaration overrides the built-in one
+    assert table.module(Shuffle()) is LINEAR and table.module(torch.nn.Flatten()) is LINEAR
+    assert table.classify("anything", 1, my_op) is careful
+
+    registry.register(make_plugin("n", _returning("zplug_register_op_treatments", {"my_op": "not covered"})), "n")
+    with pytest.raises(PluginConflictError, match=r"^operation 'my_op': plugins 'm' and 'n' declare different "):
+        registry.op_treatments
+
+    registry.unregister("n")
+    registry.register(make_plugin("bad", _returning("zplug_register_op_treatments", {"x": "fine"})), "bad")
+    with pytest.warns(RuntimeWarning, match="zplug_register_op_treatments"):
+        table = registry.op_treatments
+    assert "x" not in table.names and "my_op" in table.names
+    [info] = [p for p in registry.plugins() if p.name == "bad"]
+    assert "a treatment is 'linear', 'not covered' or a zplug.coverage.Treatment (got 'fine')" in info.error
+
+
 def _named(hook_name: str, function):
     function.__name__ = hook_name
     return function

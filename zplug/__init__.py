@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from zplug._lazy import lazy_attributes
 from zplug.errors import (
+    CoverageError,
+    CoverageWarning,
     ModelMismatchError,
     PluginConflictError,
     PluginLoadError,
@@ -46,6 +48,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = (
+    "CoverageError",
+    "CoverageWarning",
     "Explanation",
     "LayerMapping",
     "ModelMismatchError",

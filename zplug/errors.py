@@ -65,6 +65,24 @@ class ModelMismatchError(ZplugError):
     """A mapping, preset or rule does not fit the model it is applied to."""
 
 
+class CoverageError(ModelMismatchError):
+    """In strict mode: operations on the path from the input to the output that no rule covers.
+
+    The message lists them (``module path: op (treatment)``), as :class:`CoverageWarning` names
+    them otherwise; ``str(mapping)`` shows the whole coverage section.
+    """
+
+
+class CoverageWarning(UserWarning):
+    """An operation that no rule covers keeps its plain gradient (relevance is then not LRP's).
+
+    Issued once per mapping, by :func:`zplug.explain`, ``mapping.applied`` and the CLI, for each
+    uncovered operation (``"features.3.se: mul (no rule): ..."``), and when ``canonizers = "auto"``
+    could not trace the model. ``warnings.simplefilter("error", zplug.CoverageWarning)`` or
+    ``strict=True`` makes them errors.
+    """
+
+
 class RelevanceError(ZplugError, RuntimeError):
     """Relevance could not be computed for a layer (e.g. its input was modified in place)."""
 
@@ -90,6 +108,8 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
 
 
 __all__ = (
+    "CoverageError",
+    "CoverageWarning",
     "ModelMismatchError",
     "PluginConflictError",
     "PluginLoadError",

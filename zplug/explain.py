@@ -51,6 +51,8 @@ def explain(
     output_index: int | None = None,
     ledger: bool = False,
     progress: Progress | None = None,
+    strict: bool = False,
+    canonizers: Any = None,
     **params: Any,
 ) -> Explanation:
     """Explain ``model``'s output for ``inputs``: the output, the relevance and optionally the ledger.
@@ -83,6 +85,11 @@ def explain(
         to the model when it is False.
     progress : callable or None
         ``progress(done, total)`` after each chunk of SmoothGrad, IG and occlusion.
+    strict : bool
+        With a preset: raise :class:`~zplug.errors.CoverageError` (and ModelMismatchError for
+        unmapped modules) instead of warning about operations no rule covers.
+    canonizers : sequence, "auto" or None
+        With a preset: overrides its canonizers, as in :func:`zplug.resolve` (``[]`` for none).
     **params
         Split by name: a name that is a field of the attributor (``n_iter``, ``noise_level``,
         ``baseline``, ``method``, ``window``, ``stride``, ``fill``, ``chunk_size``) goes to the
@@ -93,15 +100,25 @@ def explain(
     -------
     Explanation
 
+    Warns
+    -----
+    CoverageWarning
+        For each operation on the path from the input to the output that no rule covers (once
+        per mapping; see :mod:`zplug.coverage` and the coverage section of ``str(result.mapping)``).
+
     Raises
     ------
     SpecError
         For unknown, ambiguous or invalid parameters and targets.
     UnknownNameError
         For an unknown preset or attributor name.
+    CoverageError
+        With ``strict=True``, for operations no rule covers.
     """
     if preset is not None and mapping is not None:
         raise SpecError("give either preset= or mapping=, not both")
+    if preset is None and canonizers is not None:
+        raise SpecError("canonizers= goes with preset= (a mapping= brings its own canonizers)")
     attributor_params, preset_params = _split_params(attributor, preset, params)
     if isinstance(attributor, str):
         from zplug.registry import default_registry
@@ -112,7 +129,7 @@ def explain(
     if preset is not None:
         from zplug.resolver import resolve
 
-        mapping = resolve(model, preset, **preset_params)
+        mapping = resolve(model, preset, strict=strict, canonizers=canonizers, **preset_params)
     mapping = as_mapping(mapping)
     book = None
     if ledger:

@@ -100,6 +100,21 @@ def zplug_register_models() -> Mapping[str, Callable[..., torch.nn.Module]] | No
     """
 
 
+@hookspec
+def zplug_register_op_treatments() -> Mapping[object, object] | None:
+    """Declare how operations without a rule are treated, for the coverage analysis.
+
+    Keys are operation names as the coverage section shows them (``"roll"``, ``"my_op"``),
+    functions that ``torch.fx`` records as call targets, ``torch.nn.Module`` classes (a call of
+    such a module without a rule is judged as one operation, and torch.fx does not trace into it)
+    or ``torch.autograd.Function`` classes (their autograd nodes). Values are ``"linear"`` (the
+    plain gradient is exact: every output element copies one input element or a constant),
+    ``"not covered"``, or a :class:`zplug.coverage.treatments.Treatment`. A plugin's declaration
+    overrides zplug's built-in one; two plugins declaring different treatments for the same key
+    are a conflict. Return ``None`` or an empty mapping to declare nothing.
+    """
+
+
 # -- model hooks: called with a model ------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 A :class:`LayerMapping` is what :func:`zplug.resolve` returns. It is plain data that can be
 printed (``str(mapping)``), inspected (``mapping["features.0"]``, ``mapping.unmapped``),
 saved as a fully explicit preset (``mapping.to_toml()``) and applied to the model
-(``with mapping.applied(model) as m: ...``).
+(``with mapping.applied(model) as m: ...``). Its coverage section (:mod:`zplug.coverage`) lists
+the operations between the modules and whether a rule covers them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from zplug.errors import ModelMismatchError
 
 if TYPE_CHECKING:
+    from zplug.coverage import Coverage
     from zplug.rules.base import Rule
     from zplug.spec import Preset
 
@@ -97,6 +99,15 @@ class LayerMapping(Sequence[MappedModule]):
         The preset parameter values used.
     model_type : str
         The model's class name (for display and ``to_toml``).
+    coverage : Coverage or None
+        The coverage analysis (:mod:`zplug.coverage`); ``None``: not analysed.
+    notes : sequence of str
+        What the resolver could not do (e.g. ``canonizers = "auto"`` could not trace the model);
+        shown with the canonizers and issued as :class:`~zplug.errors.CoverageWarning`.
+    strict : bool
+        Raise :class:`~zplug.errors.CoverageError` instead of warning about uncovered operations.
+    coverage_key : tuple or None
+        The cache key of the coverage analysis (for the analysis of a first call).
     """
 
     def __init__(
@@ -107,12 +118,21 @@ class LayerMapping(Sequence[MappedModule]):
         preset: Preset | None = None,
         params: Mapping[str, Any] | None = None,
         model_type: str = "",
+        coverage: Coverage | None = None,
+        notes: Sequence[str] = (),
+        strict: bool = False,
+        coverage_key: tuple | None = None,
     ) -> None:
         self.entries = tuple(entries)
         self.canonizers = tuple(canonizers)
         self.preset = preset
         self.params = dict(params or {})
         self.model_type = model_type
+        self.notes = tuple(notes)
+        self.strict = strict
+        self.coverage_key = coverage_key
+        self._coverage = coverage
+        self._reported: set[str] = set()
         self._by_name = {e.name: e for e in self.entries}
 
     # -- sequence / lookup --------------------------------------------------------------------
@@ -143,6 +163,73 @@ class LayerMapping(Sequence[MappedModule]):
     def unmapped(self) -> tuple[str, ...]:
         """Names of leaf modules that hold parameters but got no rule (they keep the plain gradient)."""
         return tuple(e.name for e in self.entries if e.unmapped)
+
+    @property
+    def coverage(self) -> Coverage | None:
+        """The coverage analysis: every operation from the input to the output and its treatment.
+
+        ``coverage.pending`` says why it is not known yet (torch.fx could not trace the model): the
+        first call under :meth:`applied`, or :meth:`analyse_coverage`, analyses the autograd graph.
+        """
+        return self._coverage
+
+    def analyse_coverage(
+        self, model: torch.nn.Module, inputs: torch.Tensor | Sequence[torch.Tensor]
+    ) -> Coverage | None:
+        """Analyse the autograd graph of ``model(*inputs)`` if torch.fx could not (one forward pass).
+
+        Nothing is run when the coverage is known already. Warnings are not issued here (see
+        :meth:`report_coverage`).
+
+        Returns
+        -------
+        Coverage or None
+            The coverage (``None`` for a mapping without analysis).
+        """
+        coverage = self._coverage
+        if coverage is None or coverage.analysed:
+            return coverage
+        from zplug.coverage import watch
+
+        found: list[Coverage] = []
+        xs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        with self._applied(model, ()):
+            recorder = watch(self, model, found.append)
+            try:
+                with torch.enable_grad():
+                    model(*(x.detach().requires_grad_(x.is_floating_point()) for x in xs))
+            finally:
+                recorder.remove()
+        if found:
+            self._coverage = found[0]
+        return self._coverage
+
+    def report_coverage(self) -> None:
+        """Issue the notes and the uncovered operations as warnings (once per mapping), or raise in strict mode.
+
+        Raises
+        ------
+        CoverageError
+            With ``strict=True``, if an operation is not covered.
+        """
+        from zplug.coverage import report
+
+        coverage = self._coverage
+        notes = () if "notes" in self._reported else self.notes
+        self._reported.add("notes")
+        known = coverage is not None and coverage.analysed and "operations" not in self._reported
+        if known:
+            self._reported.add("operations")
+        if notes or known:
+            from zplug.coverage import Coverage
+
+            report(coverage if known else Coverage(), preset=self.label, model_type=self.model_type, notes=notes,
+                   strict=self.strict)
+
+    @property
+    def label(self) -> str:
+        """``"preset 'epsilon_plus'"``, or ``"the mapping"`` without a preset (for messages)."""
+        return f"preset '{self.preset.name}'" if self.preset is not None else "the mapping"
 
     def same_as(self, other: LayerMapping) -> bool:
         """Whether both map the same module names to equal rules, with the same canonizers."""
@@ -176,11 +263,39 @@ class LayerMapping(Sequence[MappedModule]):
         torch.nn.Module
             The model.
 
+        Warns
+        -----
+        CoverageWarning
+            Once per mapping, for each operation no rule covers (:attr:`coverage`); where torch.fx could
+            not trace the model, after the first call with an input that requires a gradient.
+
         Raises
         ------
         ModelMismatchError
             If the model lacks a mapped module, or a mapped module has another type.
+        CoverageError
+            With ``strict=True``, for operations no rule covers (at the first call where torch.fx could
+            not trace the model).
         """
+        with self._applied(model, observers):
+            self.report_coverage()
+            recorder = None
+            if self._coverage is not None and not self._coverage.analysed:
+                from zplug.coverage import watch
+
+                recorder = watch(self, model, self._first_call_analysed)
+            try:
+                yield model
+            finally:
+                if recorder is not None:
+                    recorder.remove()
+
+    def _first_call_analysed(self, coverage: Coverage) -> None:
+        self._coverage = coverage
+        self.report_coverage()
+
+    @contextmanager
+    def _applied(self, model: torch.nn.Module, observers: Sequence[Any]) -> Iterator[torch.nn.Module]:
         from zplug.canonizers import applied_canonizers
         from zplug.engine import attach_rules
 
@@ -274,6 +389,7 @@ def format_mapping(mapping: LayerMapping) -> str:
             lines.extend(f"    {change}" for change in choice.changes)
     else:
         lines.append("canonizers: none")
+    lines.extend(f"note: {note}" for note in mapping.notes)
     rows = [("module", "type", "rule", "parameters", "matched")]
     for entry in mapping.entries:
         if not entry.leaf and entry.rule is None:
@@ -292,6 +408,8 @@ def format_mapping(mapping: LayerMapping) -> str:
             f"unmapped: {', '.join(mapping.unmapped)} hold parameters but got no rule, so their plain gradient "
             "is used; add a preset entry for them, or pass strict=True (--strict) to make this an error"
         )
+    if mapping.coverage is not None:
+        lines.extend(mapping.coverage.lines())
     return "\n".join(lines)
 
 

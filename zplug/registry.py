@@ -38,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.layertypes",
     "zplug.presets",
     "zplug.demo.hooks",
+    "zplug.coverage.treatments",
 )
 BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:epsilon"``
 ENTRY_POINT_GROUP = "zplug"
@@ -386,6 +387,49 @@ class PluginRegistry:
 
     def _layer_type_catalog(self) -> Catalog[tuple[type, ...]]:
         return self._collect("layer type", "zplug_register_layer_types", _layer_type_pairs)
+
+    @property
+    def op_treatments(self) -> Any:
+        """How operations without a rule are treated in the coverage analysis, over all plugins.
+
+        A :class:`zplug.coverage.treatments.TreatmentTable`. A plugin's declaration overrides a
+        built-in one; two plugins declaring different treatments for one key raise.
+
+        Raises
+        ------
+        PluginConflictError
+            If two plugins declare different treatments for the same operation.
+        """
+        self.load_entry_points()
+        table = self._catalogs.get("op treatment")
+        if table is None:
+            table = self._catalogs["op treatment"] = self._treatment_table()  # type: ignore[assignment]
+        return table
+
+    def _treatment_table(self) -> Any:
+        from zplug.coverage.treatments import TreatmentTable, as_treatment, check_key
+
+        merged: dict[Any, tuple[Any, str]] = {}
+        for impl in self.pm.hook.zplug_register_op_treatments.get_hookimpls():
+            owner = self._owner.get(impl.plugin_name, impl.plugin_name)
+            try:
+                declared = {
+                    check_key(k): as_treatment(v, f"operation {k!r}") for k, v in dict(impl.function() or {}).items()
+                }
+            except Exception as exc:  # a broken plugin is reported, the others keep working
+                if self._is_builtin(owner):
+                    raise
+                self._record_error(owner, f"zplug_register_op_treatments() raised {_describe(exc)}")
+                continue
+            for key, treatment in declared.items():
+                known = merged.get(key)
+                if known is not None and known[0] != treatment and not self._is_builtin(known[1]):
+                    raise PluginConflictError(
+                        f"operation {key!r}: plugins '{known[1]}' and '{owner}' declare different treatments "
+                        "for it; disable one with ZPLUG_DISABLE_PLUGINS"
+                    )
+                merged[key] = (treatment, owner)
+        return TreatmentTable({key: treatment for key, (treatment, _) in merged.items()})
 
     def suggest_canonizers(self, model: Any) -> list[tuple[str, str, str]]:
         """Ask every plugin for canonizers fitting ``model``: ``[(name, reason, plugin), ...]``.

@@ -11,6 +11,9 @@ applied, so modules they add are included):
 4. ``layer_map``: the first entry whose ``types`` match.
 
 A child preset's entries come before its parent's in every table.
+
+While the canonizers are applied, the coverage analysis (:mod:`zplug.coverage`) lists the
+operations between the modules and whether a rule covers them; it is part of the mapping.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zplug.errors import ModelMismatchError, SpecError, ZplugError
+from zplug.errors import CoverageError, ModelMismatchError, SpecError, ZplugError
 from zplug.mapping import CanonizerChoice, LayerMapping, MappedModule
 from zplug.spec import GLOB_CHARS, MapEntry, ParamRef, PartSpec, Preset, build_part, layer_classes
 
@@ -50,7 +53,10 @@ def resolve(
     preset : str, Path or Preset
         A registered preset name, a path to a TOML file, or a loaded :class:`~zplug.spec.Preset`.
     strict : bool
-        Raise if a leaf module that holds parameters gets no rule.
+        Raise if a leaf module that holds parameters gets no rule, or if an operation on the path
+        from the input to the output is not covered (see :mod:`zplug.coverage`; where torch.fx cannot
+        trace the model, the mapping raises at its first call instead). Without it, the mapping
+        warns (:class:`~zplug.errors.CoverageWarning`) when it is applied.
     canonizers : sequence, "auto" or None
         Overrides the preset's canonizers: names, canonizer instances, ``"auto"``, or ``[]``
         for none. ``None`` keeps the preset's choice.
@@ -71,6 +77,8 @@ def resolve(
     ModelMismatchError
         If a ``name_map`` entry names a module the model lacks, or with ``strict=True`` when a
         module with parameters got no rule.
+    CoverageError
+        With ``strict=True``, when an operation is not covered (a subclass of ModelMismatchError).
     """
     from zplug.canonizers import applied_canonizers
 
@@ -80,7 +88,13 @@ def resolve(
 
         preset = load_preset(preset, registry=registry)
     values = preset.bind(params)
-    choices = _choose_canonizers(model, preset, canonizers, values, registry)
+    notes: list[str] = []
+    choices = _choose_canonizers(model, preset, canonizers, values, registry, notes)
+    structure = None
+    if not _is_gradient_method(preset, registry):
+        from zplug.coverage import structure_key
+
+        structure = (registry.op_treatments, structure_key(model, [c.canonizer for c in choices]))
     with applied_canonizers(model, [c.canonizer for c in choices]):
         named = list(model.named_modules())
         assignment = match_modules(preset, named, registry, model_type=type(model).__name__)
@@ -104,8 +118,11 @@ def resolve(
                     has_params=next(module.parameters(recurse=False), None) is not None,
                 )
             )
+        ruled = {e.name: e.rule for e in entries if e.rule is not None}
+        coverage, key = _coverage(model, structure, ruled, registry)
     mapping = LayerMapping(
-        entries, canonizers=choices, preset=preset, params=values, model_type=type(model).__name__
+        entries, canonizers=choices, preset=preset, params=values, model_type=type(model).__name__,
+        coverage=coverage, notes=notes, strict=strict, coverage_key=key,
     )
     if strict and mapping.unmapped:
         listing = ", ".join(f"{n} ({mapping[n].type})" for n in mapping.unmapped)
@@ -113,7 +130,36 @@ def resolve(
             f"preset '{preset.name}' gives no rule to {len(mapping.unmapped)} module(s) with parameters: {listing}; "
             "add an entry for them to the preset (e.g. [[layer_map]] with their types), or resolve without strict"
         )
+    if strict and coverage is not None and coverage.uncovered:
+        from zplug.coverage import problems, strict_message
+
+        raise CoverageError(strict_message(problems(coverage), preset=mapping.label, model_type=mapping.model_type))
     return mapping
+
+
+def _is_gradient_method(preset: Preset, registry: PluginRegistry) -> bool:
+    """Whether every rule the preset names modifies a gradient (guided backprop, ...): nothing to check then."""
+    from zplug.coverage import is_gradient_method
+
+    classes = []
+    for entry in preset.entries():
+        try:
+            classes.append(registry.rules[entry.rule.name])
+        except ZplugError:
+            return False  # reported where the rule is built
+    return is_gradient_method(classes)
+
+
+def _coverage(
+    model: torch.nn.Module, structure: tuple | None, rules: Mapping[str, Any], registry: PluginRegistry
+) -> tuple[Any, tuple | None]:
+    """The coverage of the canonized ``model`` and its cache key (``structure`` None: a gradient method)."""
+    from zplug.coverage import Coverage, analyse, rules_key
+
+    if structure is None:
+        return Coverage(gradient_method=True), None
+    key = (*structure, rules_key(rules))
+    return analyse(model, rules, registry=registry, key=key), key
 
 
 def match_modules(
@@ -224,10 +270,11 @@ def _choose_canonizers(
     override: Sequence[str | Any] | str | None,
     values: Mapping[str, Any],
     registry: PluginRegistry,
+    notes: list[str],
 ) -> list[CanonizerChoice]:
     if override is not None:
         if override == "auto":
-            return _auto(model, registry)
+            return _auto(model, registry, notes)
         choices = []
         for item in override:
             if isinstance(item, str):
@@ -237,16 +284,30 @@ def _choose_canonizers(
                 choices.append(_choice(getattr(item, "name", type(item).__name__), item, "given to resolve()", model))
         return choices
     if preset.canonizers == "auto":
-        return _auto(model, registry)
+        return _auto(model, registry, notes)
     return [
         _choice(part.name, _construct(part, preset, values, registry, ("canonizers", i)), "listed in the preset", model)
         for i, part in enumerate(preset.canonizers or ())
     ]
 
 
-def _auto(model: torch.nn.Module, registry: PluginRegistry) -> list[CanonizerChoice]:
-    """The canonizers plugins suggest, ordered and de-duplicated by :func:`zplug.canonizers.auto_canonizers`."""
+def _auto(model: torch.nn.Module, registry: PluginRegistry, notes: list[str]) -> list[CanonizerChoice]:
+    """The canonizers plugins suggest, ordered and de-duplicated by :func:`zplug.canonizers.auto_canonizers`.
+
+    The generic suggestions need a torch.fx trace of the model; if there is none, ``notes`` gets why
+    (the mapping shows it and warns), instead of a silent "canonizers: none".
+    """
     from zplug.canonizers import base
+    from zplug.canonizers._trace import NotTraceableError, trace
+
+    try:
+        trace(model, "canonizers = 'auto'")
+    except NotTraceableError as exc:
+        reason = str(exc).split(". Typical causes")[0].removeprefix("canonizers = 'auto': ")
+        notes.append(
+            f"canonizers = 'auto' could not look for residual additions and BatchNorm pairs: {reason}; "
+            "list the canonizers the model needs instead (canonizers=[...] or the preset's canonizers)"
+        )
 
     choose = getattr(base, "auto_canonizers", None)
     suggested = choose(model, registry) if choose is not None else registry.suggest_canonizers(model)

@@ -68,7 +68,8 @@ def add_parser(subparsers) -> None:
     group.add_argument("--target", default="pred", metavar="label|pred|INDEX",
                        help="what is explained: the predicted class (pred, default), the folder label (label), "
                        "or a class index or name for all inputs")
-    group.add_argument("--strict", action="store_true", help="fail if a module with parameters gets no rule")
+    group.add_argument("--strict", action="store_true",
+                       help="fail if a module with parameters gets no rule or an operation is not covered")
     group.add_argument("--ledger", action="store_true", help="print the conservation ledger of each batch")
     group.add_argument("--seed", type=int, default=0,
                        help="random seed; batch b uses seed+b (noise of smoothgrad), so sharding does not change it")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
-from zplug.errors import ModelMismatchError, SpecError, UnknownNameError, ZplugError
+from zplug.errors import CoverageError, CoverageWarning, ModelMismatchError, SpecError, UnknownNameError, ZplugError
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +27,11 @@ def add_parser(subparsers) -> None:
                         help="set a preset parameter (a TOML value, e.g. gamma=0.5, zero_params='[\"bias\"]'); "
                              "repeatable")
     parser.add_argument("--toml", action="store_true", help="print the mapping as an explicit preset instead")
-    parser.add_argument("--strict", action="store_true", help="fail if a module with parameters gets no rule")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail if a module with parameters gets no rule or an operation is not covered")
+    parser.add_argument("--input-shape", metavar="C,H,W",
+                        help="the shape of one input (without the batch), for the coverage analysis of models that "
+                             "torch.fx cannot trace (default: from the model's input convention, e.g. 3,224,224)")
     parser.set_defaults(run=run_mapping)
 
 
@@ -110,11 +115,48 @@ def load_model(spec: str):
 
 
 def run_mapping(args) -> int:
-    """Resolve the preset for the model and print the table (or the explicit preset)."""
+    """Resolve the preset for the model and print the table (or the explicit preset), and warn about coverage."""
     from zplug.resolver import resolve
 
     params = parse_params(args.param)
     model = load_model(args.model)
+    shape = None if args.input_shape is None else parse_shape(args.input_shape)
     mapping = resolve(model, args.preset, strict=args.strict, **params)
+    coverage = mapping.coverage
+    if coverage is not None and not coverage.analysed:
+        shape = shape or default_input_shape(model)
+        if shape is None:
+            message = (
+                f"the coverage of {mapping.label} on {mapping.model_type} is not known: {coverage.pending}; pass "
+                "--input-shape C,H,W to analyse the autograd graph of one call"
+            )
+            if args.strict:
+                raise CoverageError(message)
+            warnings.warn(message, CoverageWarning, stacklevel=1)
+        else:
+            import torch
+
+            mapping.analyse_coverage(model, torch.rand(1, *shape))
+    mapping.report_coverage()
     print(mapping.to_toml() if args.toml else mapping, end="" if args.toml else "\n")
     return 0
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse ``--input-shape 3,224,224``."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(v < 1 for v in shape):
+        raise SpecError(f"--input-shape {text!r}: expected positive integers separated by commas, e.g. 3,224,224")
+    return shape
+
+
+def default_input_shape(model) -> tuple[int, ...] | None:
+    """``(3, crop, crop)`` from the model's input convention (image models), or ``None`` if it names no size."""
+    from zplug.cli._models import convention_of
+
+    pre = convention_of(model).preprocess
+    size = pre.crop or pre.resize
+    return None if size is None else (3, size, size)

@@ -80,6 +80,21 @@ class Rule(Part):
         if "backward" in cls.__dict__ and "passes_relevance" not in cls.__dict__:
             cls.passes_relevance = False
 
+    #: True for the rules of modified-gradient methods (DeconvNet, guided backprop, ...): they change
+    #: a gradient rather than propagate relevance, so in a mapping made of such rules only, the
+    #: operations without a rule keep their plain gradient by design and the coverage analysis
+    #: (:mod:`zplug.coverage`) checks nothing.
+    gradient_method: ClassVar[bool] = False
+
+    def needs_rectified_output(self) -> bool:
+        """Whether the rule loses relevance on a layer whose output is not rectified (no ReLU after it).
+
+        Rules that only count positive contributions (z+) drop the relevance of an output that has
+        none; behind a ReLU such outputs receive no relevance. The coverage section lists the layers
+        where this applies as a note. The default is False.
+        """
+        return False
+
     def backward(self, call: LayerCall, grad_outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
         """Return the relevance of each of ``call.inputs`` given the relevance of each output.
 

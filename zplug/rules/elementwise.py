@@ -55,6 +55,7 @@ class ReLUDeconvNet(Rule):
     """DeconvNet: keep the positive part of the upper signal, ignoring the forward mask."""
 
     name = "relu_deconvnet"
+    gradient_method = True
     summary = "DeconvNet ReLU: positive part of the upper signal"
 
     def backward(self, call, grad_outputs):
@@ -72,6 +73,7 @@ class ReLUGuidedBackprop(Rule):
     """
 
     name = "relu_guided_backprop"
+    gradient_method = True
     summary = "guided backprop ReLU: gradient where input and upper signal are positive"
 
     def backward(self, call, grad_outputs):
@@ -89,6 +91,7 @@ class ReLUBetaSmooth(Rule):
     """Softplus surrogate gradient: ``sigmoid(beta_smooth * x) * R`` (for second-order use)."""
 
     name = "relu_beta_smooth"
+    gradient_method = True
     summary = "beta-smooth ReLU: softplus surrogate gradient sigmoid(beta x)"
     beta_smooth: float = parameter(10.0, doc="sharpness of the softplus surrogate", kind="number", check=number)
 

@@ -203,6 +203,10 @@ class ZPlus(Rule):
     stabilizer: float = _stabilizer()
     zero_params: tuple[str, ...] = _zero_params()
 
+    def needs_rectified_output(self) -> bool:
+        """True: an output without positive contributions passes no relevance on."""
+        return True
+
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
@@ -243,6 +247,10 @@ class AlphaBeta(Rule):
 
     def __attrs_post_init__(self) -> None:
         _check_alpha_beta(self, None, None)
+
+    def needs_rectified_output(self) -> bool:
+        """True for ``beta = 0`` (z+): an output without positive contributions passes no relevance on."""
+        return self.beta == 0
 
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""

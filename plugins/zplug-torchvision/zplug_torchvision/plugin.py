@@ -10,6 +10,7 @@ from torchvision.models.mobilenetv3 import MobileNetV3
 from torchvision.models.resnet import ResNet
 from torchvision.models.vgg import VGG
 from torchvision.ops.misc import SqueezeExcitation
+from torchvision.ops.stochastic_depth import StochasticDepth
 
 from zplug import hookimpl
 from zplug_torchvision.canonizers import CANONIZERS
@@ -45,6 +46,12 @@ def zplug_register_layer_types():
     element-wise layer (input and output have the same shape); see the README.
     """
     return {"activation": (SqueezeExcitation,), "gate": (SqueezeExcitation,)}
+
+
+@hookimpl
+def zplug_register_op_treatments():
+    """``StochasticDepth`` is the identity in evaluation mode: its plain gradient is exact (coverage)."""
+    return {StochasticDepth: "linear"}
 
 
 @hookimpl
