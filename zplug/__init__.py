@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from zplug._lazy import lazy_attributes
 from zplug.errors import (
+    CanonizerError,
+    CommandError,
     CoverageError,
     CoverageWarning,
+    DistributedError,
+    InputError,
     ModelMismatchError,
+    NotTraceableError,
     PluginConflictError,
     PluginLoadError,
     RelevanceError,
@@ -48,11 +53,16 @@ def __dir__() -> list[str]:
 
 
 __all__ = (
+    "CanonizerError",
+    "CommandError",
     "CoverageError",
     "CoverageWarning",
+    "DistributedError",
     "Explanation",
+    "InputError",
     "LayerMapping",
     "ModelMismatchError",
+    "NotTraceableError",
     "PluginConflictError",
     "PluginLoadError",
     "PluginRegistry",

@@ -17,11 +17,7 @@ from typing import Any
 
 import attrs
 
-from zplug.errors import ZplugError
-
-
-class DistributedError(ZplugError):
-    """The process group could not be set up (e.g. ``--device cuda`` on a rank without a GPU)."""
+from zplug.errors import DistributedError
 
 
 @attrs.frozen(kw_only=True)

@@ -87,6 +87,26 @@ class RelevanceError(ZplugError, RuntimeError):
     """Relevance could not be computed for a layer (e.g. its input was modified in place)."""
 
 
+class CanonizerError(ZplugError, ValueError):
+    """A canonizer cannot be applied to a model (the message says why and what to do)."""
+
+
+class NotTraceableError(CanonizerError):
+    """``torch.fx`` cannot trace the model (data-dependent control flow, unsupported calls ...)."""
+
+
+class InputError(ZplugError):
+    """An input path is missing, empty, or not a readable image."""
+
+
+class CommandError(ZplugError):
+    """A command-line option is invalid or cannot be honoured here."""
+
+
+class DistributedError(ZplugError):
+    """The process group could not be set up (e.g. ``--device cuda`` on a rank without a GPU)."""
+
+
 def format_keypath(keypath: Iterable[str | int]) -> str:
     """Format ``("layer_map", 2, "rule")`` as ``layer_map[2].rule``."""
     out = ""
@@ -108,9 +128,14 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
 
 
 __all__ = (
+    "CanonizerError",
+    "CommandError",
     "CoverageError",
     "CoverageWarning",
+    "DistributedError",
+    "InputError",
     "ModelMismatchError",
+    "NotTraceableError",
     "PluginConflictError",
     "PluginLoadError",
     "RelevanceError",

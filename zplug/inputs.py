@@ -25,16 +25,12 @@ from pathlib import Path
 import attrs
 import numpy as np
 
-from zplug.errors import ZplugError
+from zplug.errors import InputError
 
 #: File extensions (lower case) taken from folders; files named explicitly are tried whatever their name.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 )
-
-
-class InputError(ZplugError):
-    """An input path is missing, empty, or not a readable image."""
 
 
 @attrs.frozen(kw_only=True)

@@ -7,7 +7,7 @@ import weakref
 import torch
 import torch.fx
 
-from zplug.canonizers.base import CanonizerError
+from zplug.errors import NotTraceableError
 from zplug.layers import Sum
 
 
@@ -22,10 +22,6 @@ class LeafTracer(torch.fx.Tracer):
         if isinstance(m, Sum) or "forward" in m.__dict__:
             return True
         return super().is_leaf_module(m, module_qualified_name)
-
-
-class NotTraceableError(CanonizerError):
-    """``torch.fx`` cannot trace the model (data-dependent control flow, unsupported calls ...)."""
 
 
 _cache: weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, torch.fx.Graph]] = weakref.WeakKeyDictionary()

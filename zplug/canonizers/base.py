@@ -18,12 +18,8 @@ from typing import ClassVar
 import attrs
 import torch
 
-from zplug.errors import ZplugError
+from zplug.errors import CanonizerError
 from zplug.parts import Part
-
-
-class CanonizerError(ZplugError, ValueError):
-    """A canonizer cannot be applied to a model (the message says why and what to do)."""
 
 
 @attrs.frozen(kw_only=True)

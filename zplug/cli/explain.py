@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from zplug.errors import ZplugError
+from zplug.errors import CommandError, ZplugError
 
 #: The fields of ``--name-format``.
 NAME_FIELDS = ("sample", "stem", "label", "pred")
@@ -103,10 +103,6 @@ def add_parser(subparsers) -> None:
                        help="show a progress bar on stderr (default: on a terminal, for runs over a second)")
     group.add_argument("-v", "--verbose", action="store_true", help="print a line per input")
     parser.set_defaults(run=run)
-
-
-class CommandError(ZplugError):
-    """A command-line option is invalid or cannot be honoured here."""
 
 
 @attrs.frozen(kw_only=True)

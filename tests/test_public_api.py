@@ -1,0 +1,51 @@
+"""The public namespace: every error class lives in zplug.errors and is exported from zplug."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+import zplug
+import zplug.errors
+
+
+def all_modules() -> list[str]:
+    names = ["zplug"]
+    for info in pkgutil.walk_packages(zplug.__path__, "zplug."):
+        if not info.name.endswith("__main__"):
+            names.append(info.name)
+    return names
+
+
+def test_every_error_class_is_defined_in_zplug_errors():
+    defined_elsewhere = set()
+    for name in all_modules():
+        module = importlib.import_module(name)
+        for _, value in inspect.getmembers(module, inspect.isclass):
+            if issubclass(value, zplug.errors.ZplugError) and value.__module__ != "zplug.errors":
+                defined_elsewhere.add(f"{value.__module__}.{value.__qualname__}")
+    assert defined_elsewhere == set()
+
+
+def test_every_error_class_is_exported_from_zplug():
+    errors = {
+        name for name, value in inspect.getmembers(zplug.errors, inspect.isclass)
+        if issubclass(value, zplug.errors.ZplugError)
+    }
+    assert errors <= set(zplug.__all__)
+    assert errors <= set(zplug.errors.__all__)
+    for name in errors:
+        assert getattr(zplug, name) is getattr(zplug.errors, name)
+
+
+def test_errors_stay_importable_where_they_were():
+    from zplug.canonizers import CanonizerError
+    from zplug.canonizers._trace import NotTraceableError
+    from zplug.cli.explain import CommandError
+    from zplug.distributed import DistributedError
+    from zplug.inputs import InputError
+
+    assert (CanonizerError, NotTraceableError, CommandError, DistributedError, InputError) == (
+        zplug.CanonizerError, zplug.NotTraceableError, zplug.CommandError, zplug.DistributedError, zplug.InputError
+    )
