@@ -145,7 +145,7 @@ def test_parameters_go_to_the_attributor_or_the_preset(registry):
 
 
 def test_ambiguous_parameter(registry, tmp_path):
-    text = (Path(zplug.presets.__file__).parent / "epsilon_plus.toml").read_text()
+    text = (Path(zplug.__file__).parent / "preset" / "presets" / "epsilon_plus.toml").read_text()
     text = text.replace("[params]\n", '[params]\nn_iter = { default = 1, doc = "clashes with the attributors" }\n')
     preset = tmp_path / "clash.toml"
     preset.write_text(text)
@@ -163,9 +163,9 @@ def test_preset_and_mapping_exclude_each_other():
 
 
 def test_public_api():
-    import zplug.explain as module
+    import zplug.explanation as module
 
-    assert zplug.explain is module or zplug.explain is module.explain
+    assert zplug.explain is module.explain and zplug.Explanation is module.Explanation
     assert callable(zplug.explain) and "explain" in zplug.__all__ and "Explanation" in zplug.__all__
     e = zplug.explain(models.mlp(), torch.randn(1, 6), attributor=zplug.attributors.Gradient())
     assert isinstance(e, zplug.Explanation) and e.ledger is None and e.mapping is None

@@ -11,12 +11,12 @@ from torch import nn
 
 import zplug
 from zplug.errors import ZplugError
+from zplug.preset import Preset, dump_toml
 from zplug.registry import PluginRegistry
-from zplug.spec import Preset, dump_toml
 
 REGISTRY = PluginRegistry(autoload=False)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-PRESET_DIR = Path(zplug.__file__).parent / "presets"
+PRESET_DIR = Path(zplug.__file__).parent / "preset" / "presets"
 
 # -- random models --------------------------------------------------------------------------------
 LAYERS = {
@@ -147,7 +147,7 @@ def test_mutated_presets_fail_only_with_zplug_errors(text):
 @pytest.mark.parametrize("path", sorted(PRESET_DIR.glob("*.toml")), ids=lambda p: p.stem)
 def test_builtin_presets_round_trip_through_dump(path):
     """Parsing a built-in preset, writing it with dump_toml and parsing again gives the same document."""
-    from zplug.spec import parse_toml
+    from zplug.preset import parse_toml
 
     doc = parse_toml(path.read_text(encoding="utf-8"))
     assert parse_toml(dump_toml(doc)) == doc

@@ -49,3 +49,29 @@ def test_errors_stay_importable_where_they_were():
     assert (CanonizerError, NotTraceableError, CommandError, DistributedError, InputError) == (
         zplug.CanonizerError, zplug.NotTraceableError, zplug.CommandError, zplug.DistributedError, zplug.InputError
     )
+
+
+def test_no_module_swaps_its_class():
+    """``zplug.explain`` and ``zplug.presets`` are functions; no module pretends to be one."""
+    import sys
+    import types
+
+    for name in all_modules():
+        importlib.import_module(name)
+        assert type(sys.modules[name]) is types.ModuleType, name
+    assert inspect.isfunction(zplug.explain) and zplug.explain.__module__ == "zplug.explanation"
+    assert inspect.isfunction(zplug.presets) and inspect.isfunction(zplug.load_preset)
+    assert inspect.isfunction(zplug.resolve) and zplug.Preset.__module__ == "zplug.preset.records"
+
+
+def test_zplug_spec_is_a_deprecated_alias_of_zplug_preset():
+    import pytest
+
+    import zplug.preset
+    import zplug.spec
+
+    for name in zplug.spec.__all__:
+        vars(zplug.spec).pop(name, None)  # warn again, whatever other tests imported
+        with pytest.warns(DeprecationWarning, match=f"import {name} from zplug.preset"):
+            value = getattr(zplug.spec, name)
+        assert value is getattr(zplug.preset, name)

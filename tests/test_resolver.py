@@ -14,7 +14,7 @@ import zplug
 from zplug.canonizers import Canonizer
 from zplug.errors import ModelMismatchError, SpecError
 from zplug.layers import Sum
-from zplug.spec import Preset
+from zplug.preset import Preset
 
 
 def _preset(text: str, name: str = "test") -> Preset:
@@ -363,4 +363,4 @@ def test_auto_canonizers_merge_batchnorm(registry):
             out = m(x)
             results.append(torch.autograd.grad(out, x, torch.ones_like(out))[0])
     assert torch.equal(results[0], results[1])
-    assert zplug.resolve(model, zplug.spec.Preset.from_toml(auto.to_toml(), name="x")).same_as(auto)
+    assert zplug.resolve(model, Preset.from_toml(auto.to_toml(), name="x")).same_as(auto)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 import zplug
 from zplug.errors import SpecError, UnknownNameError, ZplugError
-from zplug.spec import REQUIRED, ParamRef, Preset, dump_toml, parse_toml
+from zplug.preset import REQUIRED, ParamRef, Preset, TensorLiteral, dump_toml, parse_toml
 
 BAD = Path(__file__).parent / "bad_specs"
 DOCS = Path(__file__).parent.parent / "docs" / "presets.md"
@@ -79,7 +80,7 @@ def test_presets_lists_builtins_with_summaries(registry):
     listing = zplug.presets()
     assert set(ZENNIT_PARAMS) <= set(listing)
     assert all(isinstance(s, str) and s and not s.startswith("(invalid") for s in listing.values())
-    assert zplug.presets is zplug.presets.presets  # the module itself is the listing function
+    assert zplug.presets is zplug.preset.list_presets and not isinstance(zplug.presets, types.ModuleType)
 
 
 def test_epsilon_routes_only_to_epsilon_rules(registry):
@@ -191,7 +192,9 @@ low = { tensor = [-1.0, -2.0, -3.0], shape = [1, 3, 1, 1] }
 high = { default = { tensor = 2.5, dtype = "float64" }, doc = "upper bound" }
 """)
     preset = zplug.load_preset(path)
-    low, high = preset.params["low"].default, preset.params["high"].default
+    assert preset.params["low"].default == TensorLiteral((-1.0, -2.0, -3.0), (1, 3, 1, 1), "float32")
+    assert preset.params["high"].default == TensorLiteral((2.5,), (), "float64")
+    low, high = preset.bind({})["low"], preset.bind({})["high"]  # tensors once the preset is bound
     assert low.shape == (1, 3, 1, 1) and low.dtype == torch.float32 and low.flatten().tolist() == [-1, -2, -3]
     assert high.dtype == torch.float64 and high.item() == 2.5 and preset.params["high"].doc == "upper bound"
 

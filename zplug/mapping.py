@@ -20,8 +20,8 @@ from zplug.errors import ModelMismatchError
 
 if TYPE_CHECKING:
     from zplug.coverage import Coverage
+    from zplug.preset.records import Preset
     from zplug.rules.base import Rule
-    from zplug.spec import Preset
 
 
 @attrs.frozen(kw_only=True, eq=False)
@@ -342,7 +342,7 @@ class LayerMapping(Sequence[MappedModule]):
         SpecError
             If a parameter cannot be written as TOML (e.g. a callable stabilizer).
         """
-        from zplug.spec import dump_toml
+        from zplug.preset.toml import dump_toml
 
         return dump_toml(mapping_document(self))
 

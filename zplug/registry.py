@@ -29,6 +29,7 @@ import pluggy
 
 from zplug import hookspecs
 from zplug.errors import PluginConflictError, PluginLoadError, UnknownNameError, unknown_name_message
+from zplug.preset.classes import LayerTypes, merge_layer_types
 
 #: Modules that register zplug's own parts, through the same hooks plugins use.
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -36,7 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.attributors.hooks",
     "zplug.canonizers.hooks",
     "zplug.layertypes",
-    "zplug.presets",
+    "zplug.preset.hooks",
     "zplug.demo.hooks",
     "zplug.coverage.treatments",
 )
@@ -377,13 +378,14 @@ class PluginRegistry:
         return self._collect("model", "zplug_register_models", _named_items)
 
     @property
-    def layer_types(self) -> dict[str, tuple[type, ...]]:
-        """Layer-type names mapped to module classes, merged over all plugins (never a conflict)."""
-        merged: dict[str, tuple[type, ...]] = {}
-        for entry in self._layer_type_catalog().entries():
-            known = merged.get(entry.name, ())
-            merged[entry.name] = known + tuple(c for c in entry.obj if c not in known)
-        return merged
+    def layer_types(self) -> LayerTypes:
+        """Layer-type names mapped to module classes, merged over all plugins (never a conflict).
+
+        Members may be declared as dotted class paths; ``layer_types[name]`` gives the classes
+        whose modules are imported, and names can be checked without importing anything
+        (see :class:`zplug.preset.classes.LayerTypes`).
+        """
+        return merge_layer_types((entry.name, entry.obj) for entry in self._layer_type_catalog().entries())
 
     def _layer_type_catalog(self) -> Catalog[tuple[type, ...]]:
         return self._collect("layer type", "zplug_register_layer_types", _layer_type_pairs)
@@ -527,9 +529,13 @@ def _named_items(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
         yield _checked_name(name), obj
 
 
-def _layer_type_pairs(result: Mapping[str, Iterable[type]]) -> Iterator[tuple[str, tuple[type, ...]]]:
-    for name, classes in result.items():
-        yield _checked_name(name), tuple(classes)
+def _layer_type_pairs(result: Mapping[str, Iterable[type | str]]) -> Iterator[tuple[str, tuple[type | str, ...]]]:
+    for name, members in result.items():
+        members = tuple(members)
+        for member in members:
+            if not isinstance(member, type) and not (isinstance(member, str) and "." in member):
+                raise TypeError(f"layer type '{name}': {member!r} is neither a class nor a dotted class path")
+        yield _checked_name(name), members
 
 
 def _checked_name(name: str) -> str:
@@ -558,6 +564,11 @@ def default_registry() -> PluginRegistry:
     return _default
 
 
+def registry_or_default(registry: PluginRegistry | None) -> PluginRegistry:
+    """Return ``registry``, or the process-wide registry (:func:`default_registry`) if it is ``None``."""
+    return default_registry() if registry is None else registry
+
+
 def set_default_registry(registry: PluginRegistry | None) -> PluginRegistry | None:
     """Replace the process-wide registry (``None`` rebuilds it on next use); returns the old one."""
     global _default
@@ -574,5 +585,6 @@ __all__ = (
     "PluginInfo",
     "PluginRegistry",
     "default_registry",
+    "registry_or_default",
     "set_default_registry",
 )

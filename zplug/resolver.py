@@ -27,7 +27,12 @@ import torch
 
 from zplug.errors import CoverageError, ModelMismatchError, SpecError, ZplugError
 from zplug.mapping import CanonizerChoice, LayerMapping, MappedModule
-from zplug.spec import GLOB_CHARS, MapEntry, ParamRef, PartSpec, Preset, build_part, layer_classes
+from zplug.preset.binding import bind_preset
+from zplug.preset.classes import layer_classes
+from zplug.preset.records import GLOB_CHARS, MapEntry, ParamRef, PartSpec, Preset
+from zplug.preset.validate import build_part
+from zplug.preset.values import materialize
+from zplug.registry import registry_or_default
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -51,7 +56,7 @@ def resolve(
     model : torch.nn.Module
         The model. It is canonized temporarily while its modules are listed, and restored.
     preset : str, Path or Preset
-        A registered preset name, a path to a TOML file, or a loaded :class:`~zplug.spec.Preset`.
+        A registered preset name, a path to a TOML file, or a loaded :class:`~zplug.preset.Preset`.
     strict : bool
         Raise if a leaf module that holds parameters gets no rule, or if an operation on the path
         from the input to the output is not covered (see :mod:`zplug.coverage`; where torch.fx cannot
@@ -82,12 +87,9 @@ def resolve(
     """
     from zplug.canonizers import applied_canonizers
 
-    registry = _registry(registry)
-    if not isinstance(preset, Preset):
-        from zplug.presets import load_preset
-
-        preset = load_preset(preset, registry=registry)
-    values = preset.bind(params)
+    registry = registry_or_default(registry)
+    bound = bind_preset(preset, params, registry=registry)
+    preset, values = bound.preset, bound.values()
     notes: list[str] = []
     choices = _choose_canonizers(model, preset, canonizers, values, registry, notes)
     structure = None
@@ -241,7 +243,7 @@ def _check_names(preset: Preset, names: Sequence[str], model_type: str) -> None:
 
 def _value(preset: Preset, value: Any, values: Mapping[str, Any]) -> Any:
     if not isinstance(value, ParamRef):
-        return value
+        return materialize(value)
     if value.param not in values:
         decl = preset.params[value.param]
         doc = f" ({decl.doc})" if decl.doc else ""
@@ -333,14 +335,6 @@ def _choice(name: str, canonizer: Any, reason: str, model: torch.nn.Module, plug
     describe = getattr(canonizer, "describe", None)
     changes = tuple(describe(model)) if callable(describe) else ()
     return CanonizerChoice(name=name, canonizer=canonizer, reason=reason, plugin=plugin, changes=changes)
-
-
-def _registry(registry: PluginRegistry | None) -> PluginRegistry:
-    if registry is None:
-        from zplug.registry import default_registry
-
-        registry = default_registry()
-    return registry
 
 
 __all__ = ("match_modules", "resolve")

@@ -92,11 +92,9 @@ def auto_canonizers(model: torch.nn.Module, registry=None) -> list[tuple[str, st
     registry : zplug.registry.PluginRegistry or None
         Where to look the canonizers up; the default registry if ``None``.
     """
-    if registry is None:
-        from zplug.registry import default_registry
+    from zplug.registry import BUILTIN, registry_or_default
 
-        registry = default_registry()
-    from zplug.registry import BUILTIN
+    registry = registry_or_default(registry)
 
     # Model-specific canonizers first: a generic one applied first (residual_sum installs a
     # traced forward that inlines submodules) would hide the forwards a family canonizer replaces.

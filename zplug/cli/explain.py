@@ -276,11 +276,12 @@ def parse_target(text: str, classes, samples: list) -> Any:
 def build_method(args, model, convention, device: str, params: dict, attributor_params: dict):
     """Return ``(attributor, mapping)``: ``--param`` routed as :func:`zplug.explain` does, bounds filled in."""
     from zplug.attributors.base import make_attributor
-    from zplug.explain import _split_params
+    from zplug.preset.binding import bind_preset
     from zplug.registry import default_registry
 
     cls = default_registry().attributors[args.attributor]
-    routed, preset_params = _split_params(args.attributor, args.preset, params)
+    bound = bind_preset(args.preset, params, attributor=args.attributor)
+    routed, preset_params = bound.attributor_params, dict(bound.preset_params)
     both = sorted(set(routed) & set(attributor_params))
     if both:
         raise CommandError(f"--param and --attributor-param both set '{both[0]}'; give it once")
@@ -289,12 +290,11 @@ def build_method(args, model, convention, device: str, params: dict, attributor_
         raise CommandError(
             f"--ledger accounts for one backward pass: use --attributor gradient (got '{attributor.name}')"
         )
-    if args.preset is None:
+    if bound.preset is None:
         return attributor, None
-    from zplug.presets import load_preset
     from zplug.resolver import resolve
 
-    preset = load_preset(args.preset)
+    preset = bound.preset
     low, high = convention.preprocess.bounds()
     for key, value in (("low", low), ("high", high)):
         if key in preset.params and key not in preset_params:
@@ -339,7 +339,7 @@ def explain_batch(plan: Plan, number: int, first: int, samples: list):
 
     from zplug.cli._models import class_name
     from zplug.errors import ModelMismatchError
-    from zplug.explain import explain
+    from zplug.explanation import explain
     from zplug.image import heatmaps
     from zplug.inputs import load_batch
 

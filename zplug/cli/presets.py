@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 def run_presets(args) -> int:
     """List presets with their summaries."""
-    from zplug.presets import list_presets
+    from zplug.preset.loading import list_presets
 
     listing = list_presets()
     width = max((len(name) for name in listing), default=0)
@@ -48,7 +48,7 @@ def run_presets(args) -> int:
 
 def run_check(args) -> int:
     """Load every file; print ``FILE: ok`` or the one-line error of each."""
-    from zplug.presets import load_preset
+    from zplug.preset.loading import load_preset
 
     status = 0
     for file in args.files:
@@ -64,7 +64,8 @@ def run_check(args) -> int:
 
 def parse_params(items: list[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings; values are read as TOML, falling back to plain strings."""
-    from zplug.spec import literal, parse_toml
+    from zplug.preset.toml import parse_toml
+    from zplug.preset.values import literal, materialize
 
     params: dict[str, Any] = {}
     for item in items:
@@ -77,7 +78,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
         except SpecError:
             value = text
         try:
-            params[key] = literal(value)
+            params[key] = materialize(literal(value))  # only a tensor written as { tensor = ... } imports torch
         except SpecError as exc:
             raise SpecError(f"--param {key}: {exc.message}") from None
     return params

@@ -1,10 +1,7 @@
-"""``zplug.explain``: one call from a model and inputs to output, relevance and ledger."""
+"""One call from a model and inputs to output, relevance and ledger: :func:`explain` (``zplug.explain``)."""
 
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Mapping
 from contextlib import nullcontext
 from typing import Any
 
@@ -119,17 +116,18 @@ def explain(
         raise SpecError("give either preset= or mapping=, not both")
     if preset is None and canonizers is not None:
         raise SpecError("canonizers= goes with preset= (a mapping= brings its own canonizers)")
-    attributor_params, preset_params = _split_params(attributor, preset, params)
-    if isinstance(attributor, str):
-        from zplug.registry import default_registry
+    from zplug.preset.binding import bind_preset
+    from zplug.registry import default_registry
 
-        attributor = make_attributor(default_registry().attributors[attributor], attributor_params)
+    bound = bind_preset(preset, params, attributor=attributor)
+    if isinstance(attributor, str):
+        attributor = make_attributor(default_registry().attributors[attributor], bound.attributor_params)
     elif not isinstance(attributor, Attributor):
         raise SpecError(f"attributor must be a name or an Attributor instance (got {type(attributor).__name__})")
-    if preset is not None:
+    if bound.preset is not None:
         from zplug.resolver import resolve
 
-        mapping = resolve(model, preset, strict=strict, canonizers=canonizers, **preset_params)
+        mapping = resolve(model, bound.preset, strict=strict, canonizers=canonizers, **bound.preset_params)
     mapping = as_mapping(mapping)
     book = None
     if ledger:
@@ -152,54 +150,5 @@ def explain(
         book.finish((relevance,) if isinstance(relevance, torch.Tensor) else relevance)
     return Explanation(output=output, relevance=relevance, mapping=mapping, ledger=book, attributor=attributor)
 
-
-def _split_params(attributor: Any, preset: Any, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Send each parameter to the attributor or the preset (see :func:`explain`)."""
-    if not params:
-        return {}, {}
-    if isinstance(attributor, str):
-        from zplug.registry import default_registry
-
-        cls = default_registry().attributors[attributor]
-        attributor_names = [f.name for f in attrs.fields(cls)]
-        attributor_label = f"attributor '{attributor}'"
-    else:
-        attributor_names = []
-        attributor_label = "an attributor instance"
-    preset_names: list[str] = []
-    if preset is not None:
-        from zplug.presets import load_preset
-        from zplug.spec import Preset
-
-        loaded = preset if isinstance(preset, Preset) else load_preset(preset)
-        preset_names = list(loaded.params)
-    to_attributor, to_preset = {}, {}
-    for key, value in params.items():
-        mine, theirs = key in attributor_names, key in preset_names
-        if mine and theirs:
-            raise SpecError(
-                f"parameter '{key}' is ambiguous: both {attributor_label} and the preset accept it; set it on "
-                f"the attributor instance (zplug.attributors.attributor(...)) and pass the preset's value to "
-                f"zplug.resolve, then call explain with attributor= and mapping="
-            )
-        if mine:
-            to_attributor[key] = value
-        elif theirs or (preset is not None and not preset_names and not attributor_names):
-            to_preset[key] = value
-        else:
-            valid = ", ".join([*attributor_names, *preset_names]) or "none"
-            where = f"{attributor_label}" + (" or the preset" if preset is not None else " (and no preset is given)")
-            raise SpecError(f"unknown parameter '{key}' for {where} (valid: {valid})")
-    return to_attributor, to_preset
-
-
-class _CallableModule(types.ModuleType):
-    """``import zplug.explain`` makes ``zplug.explain`` this module; calling it still explains."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
-        return explain(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ("Explanation", "explain")

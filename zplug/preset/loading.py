@@ -1,35 +1,25 @@
-"""Built-in presets, and finding and loading preset files.
+"""Finding and loading preset files: by registered name (``"epsilon_plus"``, ``"plugin:name"``) or path.
 
-The ``*.toml`` files next to this module are Zennit's nine composites, registered through
-``zplug_register_presets`` exactly like a plugin's presets. A preset is named by its file
-stem (``"epsilon_plus"``, or ``"plugin:name"`` to pick one plugin's) or given as a path.
-
-``zplug.presets`` is this module, and calling it lists the presets:
-``zplug.presets()`` returns ``{name: summary}``.
+A preset is named by its file stem. Registered presets come from ``zplug_register_presets``
+(zplug's own are the ``presets/*.toml`` files of this package, Zennit's composites under
+Zennit's names); any other argument that looks like a path is read from disk.
 """
 
 from __future__ import annotations
 
-import sys
-import types
-from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zplug.hookspecs import hookimpl
+from zplug.errors import SpecError, ZplugError
+from zplug.preset.records import Preset
+from zplug.preset.toml import read_text
+from zplug.preset.validate import check_preset
+from zplug.registry import registry_or_default
 
 if TYPE_CHECKING:
     from zplug.registry import PluginRegistry
-    from zplug.spec import Preset
 
 _MAX_DEPTH = 16
-
-
-@hookimpl
-def zplug_register_presets():
-    """Register the built-in presets (Zennit's composites under Zennit's names)."""
-    folder = files(__name__)
-    return sorted((f for f in folder.iterdir() if f.name.endswith(".toml")), key=lambda f: f.name)
 
 
 def is_path(name_or_path: str | Path) -> bool:
@@ -53,15 +43,12 @@ def find_preset(name_or_path: str | Path, *, registry: PluginRegistry | None = N
     UnknownNameError
         If no plugin registered a preset of that name.
     """
-    from zplug.errors import SpecError
-
     if is_path(name_or_path):
         path = Path(name_or_path)
         if not path.is_file():
             raise SpecError("no such preset file", file=str(name_or_path))
         return path.name.rsplit(".", 1)[0], path, str(name_or_path)
-    registry = _registry(registry)
-    entry = registry.presets.entry(str(name_or_path))
+    entry = registry_or_default(registry).presets.entry(str(name_or_path))
     folder = getattr(getattr(entry.obj, "parent", None), "name", "") or ""
     display = f"{entry.plugin}:{folder + '/' if folder else ''}{entry.obj.name}"
     return entry.name, entry.obj, display
@@ -89,13 +76,10 @@ def load_preset(name_or_path: str | Path, *, registry: PluginRegistry | None = N
     UnknownNameError
         For an unknown preset name.
     """
-    return _load(name_or_path, _registry(registry), ())
+    return _load(name_or_path, registry_or_default(registry), ())
 
 
 def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[str, ...]) -> Preset:
-    from zplug.errors import SpecError, ZplugError
-    from zplug.spec import Preset, check_preset, read_text
-
     name, source, display = find_preset(name_or_path, registry=registry)
     preset = Preset.from_toml(read_text(source, display), name=name, file=display, registry=registry)
     if preset.extends is None:
@@ -119,14 +103,12 @@ def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[str, 
 
 
 def list_presets(*, registry: PluginRegistry | None = None) -> dict[str, str]:
-    """Return ``{name: summary}`` for every registered preset, sorted by name.
+    """Return ``{name: summary}`` for every registered preset, sorted by name (``zplug.presets()``).
 
     A name registered by several plugins is listed once per plugin as ``plugin:name``.
     A preset that fails to load is listed with its error as the summary.
     """
-    from zplug.errors import ZplugError
-
-    registry = _registry(registry)
+    registry = registry_or_default(registry)
     catalog = registry.presets
     conflicts = catalog.conflicts()
     out = {}
@@ -139,23 +121,7 @@ def list_presets(*, registry: PluginRegistry | None = None) -> dict[str, str]:
     return out
 
 
-def _registry(registry: PluginRegistry | None) -> PluginRegistry:
-    if registry is None:
-        from zplug.registry import default_registry
+#: ``zplug.presets()`` lists the registered presets.
+presets = list_presets
 
-        registry = default_registry()
-    return registry
-
-
-class _CallableModule(types.ModuleType):
-    """``zplug.presets`` is both this module and the function that lists presets."""
-
-    def __call__(self, *, registry: PluginRegistry | None = None) -> dict[str, str]:
-        return list_presets(registry=registry)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-#: ``zplug.presets`` resolves to this (callable) module itself, whichever way it is reached.
-presets = sys.modules[__name__]
-
-__all__ = ("find_preset", "is_path", "list_presets", "load_preset", "presets", "zplug_register_presets")
+__all__ = ("find_preset", "is_path", "list_presets", "load_preset", "presets")
