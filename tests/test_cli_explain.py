@@ -20,11 +20,12 @@ from PIL import Image
 
 import zplug
 from zplug.cli import main
-from zplug.cli._models import IMAGENET_MEAN, IMAGENET_STD, convention_of, with_options
+from zplug.cli._models import Convention, convention_of, with_options
 from zplug.cli._progress import ProgressBar
 from zplug.demo.data import CLASSES
 from zplug.demo.model import load_model
 from zplug.demo.samples import samples_dir
+from zplug.errors import ModelMismatchError
 from zplug.inputs import Preprocess, class_indices
 
 ZPLUG = Path(sys.executable).parent / "zplug"
@@ -255,21 +256,47 @@ def test_progress_bar_on_a_terminal_redraws_one_line():
 
 
 # -- conventions ---------------------------------------------------------------------------------
-def test_input_conventions():
-    class FakeTorchvision(torch.nn.Module):
+def test_input_conventions(registry):
+    class Zoo(torch.nn.Module):
         pass
 
-    FakeTorchvision.__module__ = "torchvision.models.fake"
-    convention = convention_of(FakeTorchvision())
-    assert convention.preprocess == Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    class Plugin:
+        @staticmethod
+        @zplug.hookimpl
+        def zplug_input_convention(model):
+            if isinstance(model, Zoo):
+                return {"resize": 40, "crop": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "source": "zoo convention"}
+            return None
+
+    assert convention_of(Zoo(), registry) == Convention(preprocess=Preprocess(), source="default")
+    registry.register(Plugin, "zoo")
+    convention = convention_of(Zoo(), registry)
+    assert convention.preprocess == Preprocess(resize=40, crop=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert convention.source == "zoo convention (plugin 'zoo')" and convention.classes is None
     low, high = convention.preprocess.bounds()
-    torch.testing.assert_close(low.flatten(), -torch.tensor(IMAGENET_MEAN) / torch.tensor(IMAGENET_STD))
-    torch.testing.assert_close(high.flatten(), (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD))
-    declared = torch.nn.Linear(2, 2)
+    torch.testing.assert_close(low.flatten(), torch.full((3,), -2.0))
+    torch.testing.assert_close(high.flatten(), torch.full((3,), 2.0))
+    declared = Zoo()
     declared.zplug_input = {"resize": 64, "classes": ["a", "b"], "mean": [0.5], "std": [0.5]}
-    custom = with_options(convention_of(declared), crop=48, resize=0)
+    custom = with_options(convention_of(declared, registry), crop=48, resize=0)  # the model's own declaration wins
     assert custom.preprocess == Preprocess(crop=48, mean=(0.5,), std=(0.5,)) and custom.classes == ("a", "b")
-    assert convention_of(torch.nn.Linear(2, 2)).preprocess == Preprocess()
+    assert convention_of(torch.nn.Linear(2, 2), registry).preprocess == Preprocess()
+
+
+def test_a_plugin_convention_with_unknown_keys_is_refused(registry):
+    class Plugin:
+        @staticmethod
+        @zplug.hookimpl
+        def zplug_input_convention(model):
+            return {"resize": 40, "size": 32}
+
+    registry.register(Plugin, "zoo")
+    with pytest.raises(ModelMismatchError) as info:
+        convention_of(torch.nn.Linear(2, 2), registry)
+    assert str(info.value) == (
+        "plugin 'zoo': the input convention of Linear has unknown keys ['size'] "
+        "(known: classes, crop, mean, resize, std)"
+    )
 
 
 def test_resize_and_crop_like_torchvision(tmp_path):

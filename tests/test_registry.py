@@ -437,6 +437,27 @@ def _named(hook_name: str, function):
     return function
 
 
+def test_hook_zplug_input_convention(registry):
+    def none(model):
+        return None
+
+    def first(model):
+        return {"resize": 8, "source": "first"} if isinstance(model, torch.nn.Sequential) else None
+
+    def second():  # an implementation may take fewer arguments than the specification
+        return {"crop": 4}
+
+    def broken(model):
+        return ["not", "a", "mapping"]
+
+    for name, hook in (("n", none), ("p", first), ("b", broken), ("q", second)):
+        registry.register(make_plugin(name, _named("zplug_input_convention", hook)), name)
+    assert registry.input_convention(torch.nn.Sequential()) == ({"resize": 8, "source": "first"}, "p")
+    with pytest.warns(RuntimeWarning, match="an input convention is a mapping or None, not list"):
+        assert registry.input_convention(torch.nn.Linear(1, 1)) == ({"crop": 4}, "q")
+    assert "zplug_input_convention() raised TypeError" in next(i for i in registry.plugins() if i.name == "b").error
+
+
 def _returning(hook_name: str, value):
     return _named(hook_name, lambda: value)
 

@@ -22,7 +22,7 @@ specification (pluggy's opt-in arguments), never others.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -127,6 +127,21 @@ def zplug_suggest_canonizers(model: torch.nn.Module) -> Sequence[str | tuple[str
     mapping. Suggestions are applied only where a preset says ``canonizers = "auto"``;
     when several plugins suggest a name, the first plugin registered gives the reason.
     The hook must not modify ``model``.
+    """
+
+
+@hookspec
+def zplug_input_convention(model: torch.nn.Module) -> Mapping[str, Any] | None:
+    """Say how image files become ``model``'s inputs, for models this plugin knows.
+
+    Return ``None`` when the plugin knows nothing about the model, else a mapping with any of
+    the keys of a model's ``zplug_input`` attribute: ``resize`` and ``crop`` (pixels),
+    ``mean`` and ``std`` (per channel, for images in [0, 1]) and ``classes`` (names in output
+    order), plus ``source``, a few words for the command's summary (``"ImageNet convention"``).
+    ``zplug explain`` asks when the model declares no ``zplug_input`` itself; the first plugin
+    registered that answers decides, and command-line options still override single parts.
+    The hook must not modify ``model``; it should not import anything the model's own class
+    does not already need.
     """
 
 

@@ -433,28 +433,48 @@ class PluginRegistry:
                 merged[key] = (treatment, owner)
         return TreatmentTable({key: treatment for key, (treatment, _) in merged.items()})
 
+    def _ask(self, hook_name: str, model: Any, convert: Callable[[Any], T]) -> Iterator[tuple[str, T]]:
+        """Call every plugin's ``hook_name(model=model)`` in registration order; yield ``(plugin, convert(answer))``.
+
+        A plugin whose hook raises (or whose answer ``convert`` rejects) is recorded as broken and
+        skipped; a built-in plugin's error propagates.
+        """
+        self.load_entry_points()
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            owner = self._owner.get(impl.plugin_name, impl.plugin_name)
+            try:
+                answer = convert(impl.function(**({"model": model} if "model" in impl.argnames else {})))
+            except Exception as exc:
+                if self._is_builtin(owner):
+                    raise
+                self._record_error(owner, f"{hook_name}() raised {_describe(exc)}")
+                continue
+            yield owner, answer
+
     def suggest_canonizers(self, model: Any) -> list[tuple[str, str, str]]:
         """Ask every plugin for canonizers fitting ``model``: ``[(name, reason, plugin), ...]``.
 
         The first plugin to suggest a name gives the reason; a plugin whose hook raises is
         recorded as broken and skipped (built-in ones raise).
         """
-        self.load_entry_points()
         out: list[tuple[str, str, str]] = []
-        for impl in self.pm.hook.zplug_suggest_canonizers.get_hookimpls():
-            owner = self._owner.get(impl.plugin_name, impl.plugin_name)
-            try:
-                items = list(impl.function(model=model) or ())
-            except Exception as exc:
-                if self._is_builtin(owner):
-                    raise
-                self._record_error(owner, f"zplug_suggest_canonizers() raised {_describe(exc)}")
-                continue
+        for owner, items in self._ask("zplug_suggest_canonizers", model, lambda answer: list(answer or ())):
             for item in items:
                 name, reason = (item, f"suggested by plugin '{owner}'") if isinstance(item, str) else item
                 if name not in [n for n, _, _ in out]:
                     out.append((name, reason, owner))
         return out
+
+    def input_convention(self, model: Any) -> tuple[dict[str, Any], str] | None:
+        """Ask the plugins how images become ``model``'s inputs: ``(convention, plugin)`` or ``None``.
+
+        The first plugin (in registration order) whose ``zplug_input_convention`` returns a
+        mapping decides; see the hook's specification for the keys.
+        """
+        for owner, answer in self._ask("zplug_input_convention", model, _convention_mapping):
+            if answer is not None:
+                return answer, owner
+        return None
 
     def _catalogs_by_kind(self) -> dict[str, Catalog[Any]]:
         return {
@@ -536,6 +556,14 @@ def _layer_type_pairs(result: Mapping[str, Iterable[type | str]]) -> Iterator[tu
             if not isinstance(member, type) and not (isinstance(member, str) and "." in member):
                 raise TypeError(f"layer type '{name}': {member!r} is neither a class nor a dotted class path")
         yield _checked_name(name), members
+
+
+def _convention_mapping(answer: Any) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    if not isinstance(answer, Mapping):
+        raise TypeError(f"an input convention is a mapping or None, not {type(answer).__name__}")
+    return dict(answer)
 
 
 def _checked_name(name: str) -> str:

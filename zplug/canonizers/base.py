@@ -82,7 +82,7 @@ def auto_canonizers(model: torch.nn.Module, registry=None) -> list[tuple[str, st
 
     Every plugin's ``zplug_suggest_canonizers`` is asked; third-party (model-family) suggestions
     come first, then the built-in generic canonizers. A suggestion that another suggested canonizer already covers
-    (its class attribute :attr:`Canonizer.covers`) is dropped, so a ResNet gets the torchvision
+    (its class attribute :attr:`Canonizer.covers`) is dropped, so a ResNet gets its family plugin's
     ``resnet`` canonizer rather than that plus the generic ``merge_batchnorm`` and ``residual_sum``.
 
     Parameters

@@ -7,8 +7,8 @@ names of its classes. It is decided in this order:
 1. the bundled demo model (``--demo`` or ``--model demo``): 32x32 inputs in [0, 1], its four shape classes;
 2. a model with an attribute ``zplug_input``, a dict with any of the keys ``resize``, ``crop``,
    ``mean``, ``std`` and ``classes`` (a factory can set it on the model it returns);
-3. a torchvision model (its class is defined in a ``torchvision`` module): ImageNet's
-   convention, resize 256, crop 224, normalised with ImageNet's mean and std (as Zennit's example);
+3. the first plugin whose ``zplug_input_convention(model)`` hook answers, with the same keys
+   (a plugin for a model zoo declares its classifiers' convention, e.g. ImageNet's);
 4. any other model: images as they are, in [0, 1].
 
 Command-line options (``--resize``, ``--crop``, ``--normalize``, ``--mean``/``--std``,
@@ -17,20 +17,24 @@ Command-line options (``--resize``, ``--crop``, ``--normalize``, ``--mean``/``--
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from zplug.errors import ModelMismatchError, SpecError
 from zplug.inputs import InputError, Preprocess
 
-#: ImageNet's per-channel mean and standard deviation of images in [0, 1] (torchvision's values).
+if TYPE_CHECKING:
+    from zplug.registry import PluginRegistry
+
+#: ImageNet's per-channel mean and standard deviation of images in [0, 1] (``--normalize imagenet``).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: The convention of torchvision's ImageNet classifiers (and Zennit's example script).
-IMAGENET = Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+#: The keys of a declared convention (a model's ``zplug_input``, a plugin's ``zplug_input_convention``).
+CONVENTION_KEYS = ("classes", "crop", "mean", "resize", "std")
 
 
 @attrs.frozen(kw_only=True)
@@ -125,37 +129,53 @@ def build_model(model: str | None, demo: bool, weights: str | None) -> LoadedMod
     return LoadedModel(module=module.eval(), label=model, convention=convention_of(module))
 
 
-def convention_of(module: Any) -> Convention:
-    """Return the input convention of ``module`` (see the module docstring)."""
-    from zplug.demo.model import DemoNet
+def convention_of(module: Any, registry: PluginRegistry | None = None) -> Convention:
+    """Return the input convention of ``module`` (see the module docstring).
 
-    if isinstance(module, DemoNet):
-        from zplug.demo.data import CLASSES, IMAGE_SIZE
+    Raises
+    ------
+    ModelMismatchError
+        If the model or a plugin declares a convention with unknown keys.
+    """
+    from zplug.demo.data import CLASSES, IMAGE_SIZE
+    from zplug.registry import registry_or_default
 
+    if _is_demo(module):
         preprocess = Preprocess(resize=IMAGE_SIZE, crop=IMAGE_SIZE)
         return Convention(preprocess=preprocess, classes=tuple(CLASSES), source="demo model convention")
     declared = getattr(module, "zplug_input", None)
     if isinstance(declared, dict):
-        unknown = sorted(set(declared) - {"resize", "crop", "mean", "std", "classes"})
-        if unknown:
-            raise ModelMismatchError(
-                f"{type(module).__name__}.zplug_input has unknown keys {unknown} "
-                "(known: classes, crop, mean, resize, std)"
-            )
-        mean, std = declared.get("mean"), declared.get("std")
-        classes = declared.get("classes")
-        preprocess = Preprocess(
-            resize=declared.get("resize"),
-            crop=declared.get("crop"),
-            mean=None if mean is None else tuple(float(v) for v in mean),
-            std=None if std is None else tuple(float(v) for v in std),
-        )
-        return Convention(
-            preprocess=preprocess, classes=None if classes is None else tuple(classes), source="model.zplug_input"
-        )
-    if type(module).__module__.split(".")[0] == "torchvision":
-        return Convention(preprocess=IMAGENET, source="torchvision model: ImageNet convention")
+        return declared_convention(declared, f"{type(module).__name__}.zplug_input", "model.zplug_input")
+    answer = registry_or_default(registry).input_convention(module)
+    if answer is not None:
+        declared, plugin = answer
+        declared = dict(declared)
+        source = f"{declared.pop('source', 'input convention')} (plugin '{plugin}')"
+        return declared_convention(declared, f"plugin '{plugin}': the input convention of {type(module).__name__}",
+                                   source)
     return Convention(preprocess=Preprocess(), source="default")
+
+
+def _is_demo(module: Any) -> bool:
+    # The demo model's module is imported exactly when such a model exists: no import to ask.
+    demo = sys.modules.get("zplug.demo.model")
+    return demo is not None and isinstance(module, demo.DemoNet)
+
+
+def declared_convention(declared: dict, where: str, source: str) -> Convention:
+    """Build a :class:`Convention` from a dict with any of :data:`CONVENTION_KEYS`."""
+    unknown = sorted(set(declared) - set(CONVENTION_KEYS))
+    if unknown:
+        raise ModelMismatchError(f"{where} has unknown keys {unknown} (known: {', '.join(CONVENTION_KEYS)})")
+    mean, std = declared.get("mean"), declared.get("std")
+    classes = declared.get("classes")
+    preprocess = Preprocess(
+        resize=declared.get("resize"),
+        crop=declared.get("crop"),
+        mean=None if mean is None else tuple(float(v) for v in mean),
+        std=None if std is None else tuple(float(v) for v in std),
+    )
+    return Convention(preprocess=preprocess, classes=None if classes is None else tuple(classes), source=source)
 
 
 def _channels(option: str, text: str) -> tuple[float, ...]:
@@ -226,7 +246,7 @@ def class_name(classes: Sequence[str] | None, index: int) -> str:
 
 
 __all__ = (
-    "IMAGENET",
+    "CONVENTION_KEYS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Convention",
@@ -234,6 +254,7 @@ __all__ = (
     "build_model",
     "class_name",
     "convention_of",
+    "declared_convention",
     "load_weights",
     "read_class_names",
     "with_options",

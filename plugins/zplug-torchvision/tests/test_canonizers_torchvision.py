@@ -92,6 +92,22 @@ def test_registrations_and_suggestions():
     assert SqueezeExcitation in registry.layer_types["activation"]
 
 
+def test_torchvision_models_get_imagenets_input_convention():
+    from zplug_torchvision import IMAGENET_MEAN, IMAGENET_STD
+
+    from zplug.cli._models import convention_of
+    from zplug.inputs import Preprocess
+
+    registry = PluginRegistry(autoload=True)
+    convention = convention_of(build("resnet18", num_classes=3), registry)
+    assert convention.preprocess == Preprocess(resize=256, crop=224, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert convention.source == "torchvision model: ImageNet convention (plugin 'torchvision')"
+    low, high = convention.preprocess.bounds()
+    torch.testing.assert_close(low, imagenet_bounds()[0])
+    torch.testing.assert_close(high, imagenet_bounds()[1])
+    assert convention_of(torch.nn.Linear(2, 2), registry).source == "default"  # not a torchvision model
+
+
 def test_weights_round_trip(tmp_path):
     model = build("mobilenet_v2", num_classes=5)
     path = tmp_path / "weights.pth"

@@ -14,7 +14,7 @@ from torchvision.ops.stochastic_depth import StochasticDepth
 
 from zplug import hookimpl
 from zplug_torchvision.canonizers import CANONIZERS
-from zplug_torchvision.models import factories
+from zplug_torchvision.models import IMAGENET_MEAN, IMAGENET_STD, factories
 
 _FAMILIES = (
     (VGG, "vgg", "torchvision VGG"),
@@ -46,6 +46,20 @@ def zplug_register_layer_types():
     element-wise layer (input and output have the same shape); see the README.
     """
     return {"activation": (SqueezeExcitation,), "gate": (SqueezeExcitation,)}
+
+
+@hookimpl
+def zplug_input_convention(model: torch.nn.Module):
+    """ImageNet's convention for torchvision models: resize 256, crop 224, ImageNet's mean and std.
+
+    That is how torchvision's ImageNet classifiers were trained (and Zennit's example script
+    prepares their inputs). A model counts as torchvision's if its class is defined in a
+    ``torchvision`` module.
+    """
+    if type(model).__module__.split(".")[0] != "torchvision":
+        return None
+    return {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "source": "torchvision model: ImageNet convention"}
 
 
 @hookimpl
