@@ -33,9 +33,10 @@ from collections.abc import Iterator
 from types import MappingProxyType
 from typing import NamedTuple
 
-import numpy as np
-
+from zplug._lazy import lazy_module
 from zplug.errors import PluginConflictError, SpecError, UnknownNameError, unknown_name_message
+
+np = lazy_module("numpy")  # imported when a colour map is built, not to name one
 
 #: Zennit's eleven built-in colour maps, by name.
 BUILTIN_CMAPS: MappingProxyType[str, str] = MappingProxyType(

@@ -71,9 +71,12 @@ def zplug_register_attributors() -> Sequence[type] | None:
 
 
 @hookspec
-def zplug_register_layer_types() -> Mapping[str, Sequence[type[torch.nn.Module]]] | None:
+def zplug_register_layer_types() -> Mapping[str, Sequence[type[torch.nn.Module] | str]] | None:
     """Map layer-type names used in presets (``types = ["convolution"]``) to module classes.
 
+    A class may be given by its dotted path (``"torch.nn.Conv2d"``): it is then never imported
+    by zplug, only looked up once its module is imported (a model containing it implies that), so
+    registering, listing and checking presets stays free of heavy imports.
     Unlike other registrations, a layer type may be extended by several plugins:
     the classes are merged, so a plugin can add its own module class to ``"activation"``.
     ``isinstance`` decides membership, so subclasses belong to their parents' types.

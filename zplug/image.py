@@ -21,11 +21,15 @@ import os
 from collections.abc import Sequence
 from typing import IO, Any
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
+from zplug._lazy import lazy_module
 from zplug.cmap import ColorMap, get_cmap
 from zplug.errors import UnknownNameError, unknown_name_message
+
+# Imported when an image is made: the command line reads this module's constants to build its options.
+np = lazy_module("numpy")
+Image = lazy_module("PIL.Image")
+ImageDraw = lazy_module("PIL.ImageDraw")
+ImageFont = lazy_module("PIL.ImageFont")
 
 #: The relevance normalisations of :func:`normalize_relevance`.
 RELEVANCE_NORMS: tuple[str, ...] = ("symmetric", "absolute", "unaligned")

@@ -2,26 +2,37 @@
 
 They follow Zennit's groups. ``isinstance`` decides membership, so subclasses of the
 listed classes belong to the same kinds. Plugins add classes to a kind (or new kinds)
-through ``zplug_register_layer_types``.
+through ``zplug_register_layer_types``. The classes are declared by their dotted paths, so
+registering, listing and checking presets does not import torch (see
+:mod:`zplug.preset.classes`).
 """
 
 from __future__ import annotations
 
-import torch.nn as nn
-
 from zplug.hookspecs import hookimpl
-from zplug.layers import Sum
 
-CONVOLUTION = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-LINEAR = (nn.Linear,)
-BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-AVGPOOL = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-MAXPOOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-ACTIVATION = (
-    nn.ELU, nn.Hardshrink, nn.Hardsigmoid, nn.Hardtanh, nn.Hardswish, nn.LeakyReLU, nn.LogSigmoid, nn.PReLU,
-    nn.ReLU, nn.ReLU6, nn.RReLU, nn.SELU, nn.CELU, nn.GELU, nn.Sigmoid, nn.SiLU, nn.Softplus, nn.Softshrink,
-    nn.Softsign, nn.Tanh, nn.Tanhshrink, nn.Threshold,
+
+def _paths(module: str, *names: str) -> tuple[str, ...]:
+    return tuple(f"{module}.{name}" for name in names)
+
+
+CONVOLUTION = _paths(
+    "torch.nn", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"
+)
+LINEAR = _paths("torch.nn", "Linear")
+BATCHNORM = _paths("torch.nn", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
+AVGPOOL = _paths(
+    "torch.nn", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"
+)
+MAXPOOL = _paths(
+    "torch.nn", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"
+)
+ACTIVATION = _paths(
+    "torch.nn", "ELU", "Hardshrink", "Hardsigmoid", "Hardtanh", "Hardswish", "LeakyReLU", "LogSigmoid", "PReLU",
+    "ReLU", "ReLU6", "RReLU", "SELU", "CELU", "GELU", "Sigmoid", "SiLU", "Softplus", "Softshrink", "Softsign",
+    "Tanh", "Tanhshrink", "Threshold",
 )  # fmt: skip
+SUM = _paths("zplug.layers", "Sum")
 
 
 @hookimpl
@@ -35,5 +46,8 @@ def zplug_register_layer_types():
         "avgpool": AVGPOOL,
         "maxpool": MAXPOOL,
         "activation": ACTIVATION,
-        "sum": (Sum,),
+        "sum": SUM,
     }
+
+
+__all__ = ("ACTIVATION", "AVGPOOL", "BATCHNORM", "CONVOLUTION", "LINEAR", "MAXPOOL", "SUM")

@@ -14,16 +14,18 @@ from numbers import Integral
 from typing import Any, ClassVar
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.errors import ModelMismatchError, SpecError
 from zplug.parts import Part, make_part, parameter, positive_int
 
-Tensors = tuple[torch.Tensor, ...]
+torch = lazy_module("torch")  # imported when relevance is computed, not to declare the attributor
+
+Tensors = tuple["torch.Tensor", ...]
 #: ``progress(done, total)``: called after each chunk of a sample-based attributor.
 Progress = Callable[[int, int], None]
 #: Maps the chosen model output to the output relevance (the vector of the vector-Jacobian product).
-OutputRelevance = Callable[[torch.Tensor], torch.Tensor]
+OutputRelevance = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def chunk_size_parameter(default: int = 32) -> Any:

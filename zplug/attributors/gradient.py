@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.attributors.base import Attributor, Problem, Tensors, resolve_target
+
+torch = lazy_module("torch")  # imported when relevance is computed, not to declare the attributor
 
 
 @attrs.frozen(kw_only=True)

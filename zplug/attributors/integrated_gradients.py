@@ -7,12 +7,14 @@ from numbers import Real
 from typing import Any
 
 import attrs
-import numpy as np
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.attributors.base import Attributor, Problem, Tensors, chunk_size_parameter, chunks, positive_int
 from zplug.errors import SpecError
 from zplug.parts import parameter
+
+torch = lazy_module("torch")  # imported when relevance is computed, not to declare the attributor
+np = lazy_module("numpy")
 
 #: Quadrature rules on [0, 1]: ``method -> n -> (alphas, weights)``.
 METHODS: dict[str, Callable[[int], tuple[list[float], list[float]]]] = {

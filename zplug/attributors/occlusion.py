@@ -7,11 +7,13 @@ from numbers import Integral, Real
 from typing import Any
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.attributors.base import Attributor, Problem, Tensors, chunk_size_parameter, chunks
 from zplug.errors import SpecError
 from zplug.parts import parameter
+
+torch = lazy_module("torch")  # imported when relevance is computed, not to declare the attributor
 
 
 def _to_sizes(value: Any) -> Any:

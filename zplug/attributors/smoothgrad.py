@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.attributors.base import Attributor, Problem, Tensors, chunk_size_parameter, chunks, positive_int
 from zplug.parts import non_negative, parameter
+
+torch = lazy_module("torch")  # imported when relevance is computed, not to declare the attributor
 
 
 @attrs.frozen(kw_only=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from zplug.engine.attach import AttributePatch
+    from zplug.engine.attach import AttributePatch
 
 _MISSING = object()
 
@@ -41,6 +43,8 @@ class PatchStack:
 
     def attribute(self, obj: object, attribute: str, value: object) -> None:
         """Set an instance attribute (``obj.__dict__[attribute]``) until :meth:`undo`."""
+        from zplug.engine.attach import AttributePatch  # the engine (and torch) load when a model is patched
+
         self.patches.append(AttributePatch(obj, attribute, value))
 
     def child(self, parent: torch.nn.Module, name: str, child: torch.nn.Module) -> None:

@@ -7,12 +7,13 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.canonizers._patch import PatchStack, patching
 from zplug.canonizers.base import Canonizer, CanonizerError
 
-AttributeMap = Callable[[str, torch.nn.Module], "Mapping[str, Any] | None"]
+torch = lazy_module("torch")  # imported when a model is canonized, not to declare the canonizer
+AttributeMap = Callable[[str, "torch.nn.Module"], "Mapping[str, Any] | None"]
 
 
 def apply_attributes(stack: PatchStack, name: str, module: torch.nn.Module, attributes: Mapping[str, Any]) -> None:

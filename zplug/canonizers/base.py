@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import attrs
-import torch
 
 from zplug.errors import CanonizerError
 from zplug.parts import Part
+
+if TYPE_CHECKING:
+    import torch
 
 
 @attrs.frozen(kw_only=True)

@@ -11,29 +11,54 @@ parameters, buffers and ``state_dict`` are bit-identical to before.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import attrs
-import torch
-import torch.nn.functional as F
 
+from zplug._lazy import lazy_module
 from zplug.canonizers._patch import PatchStack, patching
-from zplug.canonizers._trace import NotTraceableError, trace
 from zplug.canonizers.base import Canonizer, CanonizerError
 from zplug.engine.identity import mark_identity
-from zplug.engine.ops import override_params
-from zplug.errors import SpecError
+from zplug.errors import NotTraceableError, SpecError
 from zplug.parts import parameter
 
-BATCHNORM = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
-_CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-_CONV_T = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
-#: The layers BatchNorm can be merged into (with their own, unmodified ``forward``).
-MERGEABLE = (torch.nn.Linear, *_CONV, *_CONV_T)
-_STANDARD_FORWARDS = {cls.forward for cls in MERGEABLE}
+# Declaring the canonizer (to register or list it) needs no torch: it is imported on first use.
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+_ops = lazy_module("zplug.engine.ops")
+
+
+class _Classes(NamedTuple):
+    batchnorm: tuple[type, ...]
+    conv: tuple[type, ...]
+    conv_transpose: tuple[type, ...]
+    #: The layers BatchNorm can be merged into (with their own, unmodified ``forward``).
+    mergeable: tuple[type, ...]
+    standard_forwards: frozenset
+
+
+@functools.cache
+def _classes() -> _Classes:
+    nn = torch.nn
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    conv_t = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    mergeable = (nn.Linear, *conv, *conv_t)
+    batchnorm = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    return _Classes(batchnorm, conv, conv_t, mergeable, frozenset(cls.forward for cls in mergeable))
+
+
+def __getattr__(name: str) -> tuple[type, ...]:
+    # BATCHNORM and MERGEABLE, the class tuples, are built (importing torch) when first asked for.
+    if name == "BATCHNORM":
+        return _classes().batchnorm
+    if name == "MERGEABLE":
+        return _classes().mergeable
+    raise AttributeError(f"module '{__name__}' has no attribute '{name}'")
+
 
 Pair = tuple[tuple[str, ...], str]
 
@@ -95,7 +120,7 @@ def merged_params(module: torch.nn.Module, bn: torch.nn.modules.batchnorm._Batch
         denominator = (bn.running_var + bn.eps) ** 0.5
         scale = bn.weight / denominator if bn.weight is not None else 1 / denominator
         scale = scale.to(weight.dtype)
-        if isinstance(module, _CONV_T):
+        if isinstance(module, _classes().conv_transpose):
             groups = module.groups
             blocks = weight.reshape(groups, weight.shape[0] // groups, *weight.shape[1:])
             view = scale.reshape(groups, 1, weight.shape[1], *([1] * (weight.ndim - 2)))
@@ -113,7 +138,7 @@ def _merged_forward(module: torch.nn.Module, weight: torch.Tensor, bias: torch.T
     """A replacement ``forward`` computing ``module`` with the merged ``weight`` and ``bias``."""
     if isinstance(module, torch.nn.Linear):
         return lambda input: F.linear(input, weight, bias)
-    if isinstance(module, _CONV):
+    if isinstance(module, _classes().conv):
         return lambda input: module._conv_forward(input, weight, bias)
     dims = len(module.kernel_size)
     conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[dims - 1]
@@ -141,7 +166,7 @@ def check_pair(modules: dict[str, torch.nn.Module], linears: Sequence[str], bn_n
         if name not in modules:
             raise CanonizerError(f"merge_batchnorm: the model has no module '{name}'")
     bn = modules[bn_name]
-    if not isinstance(bn, BATCHNORM):
+    if not isinstance(bn, _classes().batchnorm):
         raise CanonizerError(f"merge_batchnorm: '{bn_name}' is a {type(bn).__name__}, not a BatchNorm")
     if bn.training or bn.running_mean is None or bn.running_var is None:
         why = "is in training mode" if bn.training else "keeps no running statistics (track_running_stats=False)"
@@ -151,7 +176,7 @@ def check_pair(modules: dict[str, torch.nn.Module], linears: Sequence[str], bn_n
         )
     for name in linears:
         module = modules[name]
-        if not isinstance(module, MERGEABLE) or type(module).forward not in _STANDARD_FORWARDS:
+        if not isinstance(module, _classes().mergeable) or type(module).forward not in _classes().standard_forwards:
             raise CanonizerError(
                 f"merge_batchnorm: '{name}' is a {type(module).__name__}; BatchNorm can be merged into Linear, "
                 "Conv and ConvTranspose layers (with their own forward) only"
@@ -166,15 +191,15 @@ def check_pair(modules: dict[str, torch.nn.Module], linears: Sequence[str], bn_n
 def _mergeable(module: torch.nn.Module) -> bool:
     # Not yet canonized, standard forward, parameters present.
     return (
-        isinstance(module, MERGEABLE)
-        and type(module).forward in _STANDARD_FORWARDS
+        isinstance(module, _classes().mergeable)
+        and type(module).forward in _classes().standard_forwards
         and "forward" not in module.__dict__
         and module.weight is not None
     )
 
 
 def _mergeable_bn(module: torch.nn.Module) -> bool:
-    return isinstance(module, BATCHNORM) and "forward" not in module.__dict__
+    return isinstance(module, _classes().batchnorm) and "forward" not in module.__dict__
 
 
 # -- finding the pairs -------------------------------------------------------------------------
@@ -190,6 +215,8 @@ def traced_pairs(model: torch.nn.Module) -> list[Pair]:
     NotTraceableError
         If ``torch.fx`` cannot trace the model.
     """
+    from zplug.canonizers._trace import trace
+
     graph = trace(model, "merge_batchnorm")
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
@@ -247,7 +274,7 @@ def merged(model: torch.nn.Module, pairs: Sequence[Pair]) -> Iterator[torch.nn.M
 
 def _merge_one(stack: PatchStack, overrides: ExitStack, module: torch.nn.Module, bn: torch.nn.Module) -> None:
     params = cached_merged_params(module, bn)
-    overrides.enter_context(override_params(module, params))
+    overrides.enter_context(_ops.override_params(module, params))
     stack.attribute(module, "forward", _merged_forward(module, params["weight"], params["bias"]))
 
 
@@ -366,8 +393,7 @@ class NamedMergeBatchNorm(Canonizer):
         return _describe(model, self.pairs)
 
 
-__all__ = (
-    "MERGEABLE",
+__all__ = (  # and BATCHNORM, MERGEABLE: the class tuples, built on first access (module __getattr__)
     "MergeBatchNorm",
     "NamedMergeBatchNorm",
     "batchnorm_affine",

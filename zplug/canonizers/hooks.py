@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from zplug.canonizers.batchnorm import BATCHNORM, MergeBatchNorm, NamedMergeBatchNorm
-from zplug.canonizers.residual import ResidualSum, additions
+from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm
+from zplug.canonizers.residual import ResidualSum
 from zplug.hookspecs import hookimpl
 
 
@@ -16,7 +16,9 @@ def zplug_register_canonizers():
 @hookimpl
 def zplug_suggest_canonizers(model):
     """Suggest ``merge_batchnorm`` for models with BatchNorm and ``residual_sum`` for tensor additions."""
-    from zplug.canonizers._trace import NotTraceableError
+    from zplug.canonizers.batchnorm import BATCHNORM
+    from zplug.canonizers.residual import additions
+    from zplug.errors import NotTraceableError
 
     suggestions = []
     batchnorms = [name for name, m in model.named_modules() if isinstance(m, BATCHNORM)]

@@ -17,15 +17,13 @@ from contextlib import contextmanager
 from typing import ClassVar
 
 import attrs
-import torch
-import torch.fx
 
+from zplug._lazy import lazy_module
 from zplug.canonizers._patch import free_name, patching
-from zplug.canonizers._trace import trace
 from zplug.canonizers.base import Canonizer
-from zplug.layers import Sum
 
-_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+# Declaring the canonizer (to register or list it) needs no torch: it is imported on first use.
+torch = lazy_module("torch")
 _ADD_METHODS = ("add", "add_", "__add__", "__iadd__")
 #: Node producers whose results are shapes or numbers, not tensors.
 _NON_TENSOR_METHODS = ("size", "dim", "numel", "item", "tolist", "stride", "__len__")
@@ -50,7 +48,7 @@ def _non_tensor(node: object) -> bool:
 
 def _is_tensor_addition(node: torch.fx.Node) -> bool:
     """True for ``a + b``, ``a += b``, ``torch.add(a, b)`` and ``a.add(b)`` with two tensor operands."""
-    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
+    if node.op == "call_function" and node.target in (operator.add, operator.iadd, torch.add):
         extra = {k: v for k, v in node.kwargs.items() if k != "alpha" or v != 1}
     elif node.op == "call_method" and node.target in _ADD_METHODS:
         extra = {k: v for k, v in node.kwargs.items() if k != "alpha" or v != 1}
@@ -85,6 +83,8 @@ def additions(model: torch.nn.Module) -> list[tuple[str, str]]:
     zplug.canonizers._trace.NotTraceableError
         If the model cannot be traced.
     """
+    from zplug.canonizers._trace import trace
+
     graph = trace(model, "residual_sum")
     return [(_owner(n), _code(n)) for n in graph.nodes if _is_tensor_addition(n) and not _mutates_shared(n)]
 
@@ -117,6 +117,9 @@ class ResidualSum(Canonizer):
     @contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         """Install the ``Sum`` modules and the rewritten forward; undo both on exit."""
+        from zplug.canonizers._trace import trace
+        from zplug.layers import Sum
+
         traced = trace(model, self.name)
         targets = [n for n in traced.nodes if _is_tensor_addition(n) and not _mutates_shared(n)]
         if not targets:

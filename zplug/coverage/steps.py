@@ -7,7 +7,15 @@ from typing import Any
 
 import attrs
 
-from zplug.coverage.treatments import RECTIFIER_MODULES, RECTIFIERS, SHIFT, UNCOVERED, Treatment, TreatmentTable
+from zplug.coverage.treatments import (
+    RECTIFIER_MODULES,
+    RECTIFIERS,
+    SHIFT,
+    UNCOVERED,
+    Treatment,
+    TreatmentTable,
+    class_paths,
+)
 
 
 @attrs.define(eq=False, kw_only=True)
@@ -81,7 +89,7 @@ def lossy_modules(
 
     def rectifies(step: Step) -> bool:
         if step.module is not None:
-            return isinstance(step.module, RECTIFIER_MODULES)
+            return any(path in RECTIFIER_MODULES for path in class_paths(step.module))
         return step.op in RECTIFIERS
 
     def rectified(step: Step) -> bool:

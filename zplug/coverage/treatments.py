@@ -9,20 +9,24 @@ addition of a constant). Such operations are *linear*; every other operation wit
 
 The table of linear operations is registered through the hook ``zplug_register_op_treatments``
 (zplug's own entries below, a plugin's next to them); :func:`classify` applies it. This module
-imports no ``torch.fx``: the registry loads it for every command.
+imports neither torch nor ``torch.fx``: the registry loads it for every command, so module classes
+are named by their dotted paths (``"torch.nn.Dropout"``) and matched against a module's class.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
-import torch
-from torch import nn
 
+from zplug._lazy import lazy_module
 from zplug.hookspecs import hookimpl
+
+torch = lazy_module("torch")  # for autograd Function keys, once a table is built
 
 
 @attrs.frozen
@@ -73,17 +77,16 @@ ROUTING_OPS = frozenset("""
     upsample_nearest1d upsample_nearest2d upsample_nearest3d unfold im2col as_strided
 """.split())
 
-#: Module classes whose plain gradient is exact (kept in a model without a rule).
-ROUTING_MODULES: tuple[type[nn.Module], ...] = tuple(
-    cls
-    for cls in (getattr(nn, name, None) for name in """
+#: Module classes whose plain gradient is exact (kept in a model without a rule), by dotted path.
+ROUTING_MODULES: tuple[str, ...] = tuple(
+    f"torch.nn.{name}"
+    for name in """
         Identity Flatten Unflatten Dropout Dropout1d Dropout2d Dropout3d AlphaDropout FeatureAlphaDropout
         ReLU ReLU6 Hardtanh Threshold MaxPool1d MaxPool2d MaxPool3d AdaptiveMaxPool1d AdaptiveMaxPool2d
         AdaptiveMaxPool3d ZeroPad1d ZeroPad2d ZeroPad3d ConstantPad1d ConstantPad2d ConstantPad3d
         ReflectionPad1d ReflectionPad2d ReflectionPad3d ReplicationPad1d ReplicationPad2d ReplicationPad3d
         CircularPad1d CircularPad2d CircularPad3d PixelShuffle PixelUnshuffle ChannelShuffle UpsamplingNearest2d
-    """.split())
-    if isinstance(cls, type)
+    """.split()
 )
 
 #: Operations that give no gradient (shapes, comparisons, integer results): they end the
@@ -104,7 +107,33 @@ SHIFT_OPS = frozenset({"add", "sub", "rsub"})
 
 #: Where the output of a layer counts as rectified (nothing below zero reaches the next layer).
 RECTIFIERS = frozenset({"relu", "relu6"})
-RECTIFIER_MODULES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6)
+RECTIFIER_MODULES: tuple[str, ...] = ("torch.nn.ReLU", "torch.nn.ReLU6")
+
+
+def class_paths(module: Any) -> tuple[str, ...]:
+    """The dotted paths of ``module``'s class and its bases (``"torch.nn.modules.activation.ReLU"`` ...).
+
+    A class is also known by its package's public path (``torch.nn.ReLU``), so both spellings of
+    every class in the method resolution order are given.
+    """
+    return _paths_of(type(module))
+
+
+@functools.cache
+def _paths_of(cls: type) -> tuple[str, ...]:
+    paths = []
+    for base in cls.__mro__:
+        paths.append(f"{base.__module__}.{base.__qualname__}")
+        paths.extend(_public_paths(base))
+    return tuple(paths)
+
+
+def _public_paths(cls: type) -> Iterable[str]:
+    parts = cls.__module__.split(".")
+    for cut in range(len(parts) - 1, 0, -1):  # torch.nn.modules.activation -> torch.nn.modules -> torch.nn
+        package = sys.modules.get(".".join(parts[:cut]))
+        if package is not None and getattr(package, cls.__qualname__, None) is cls:
+            yield f"{package.__name__}.{cls.__qualname__}"
 
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])")
 _BACKWARD = re.compile(r"Backward\d*$")
@@ -155,11 +184,15 @@ def as_treatment(value: Any, where: str) -> Treatment:
 
 
 def check_key(key: Any) -> Any:
-    """Check a key of the treatment table: an operation name, a function, or a module or Function class."""
+    """Check a key of the treatment table.
+
+    A key is an operation name, a function, a module or ``torch.autograd.Function`` class, or a
+    module class's dotted path (a string with a dot).
+    """
     if isinstance(key, str):
         if not key:
             raise TypeError("an operation name must not be empty")
-        return op_name(key)
+        return key if "." in key else op_name(key)
     if isinstance(key, type) or callable(key):
         return key
     raise TypeError(f"a treatment key is an operation name, a function or a class (got {key!r})")
@@ -172,29 +205,31 @@ class TreatmentTable:
     ----------
     declarations : mapping
         ``{key: Treatment}``: operation names, functions (torch.fx call targets), module classes
-        (unruled calls of them are judged as one operation) and ``torch.autograd.Function``
-        classes (their autograd nodes are judged as one operation).
+        or their dotted paths (unruled calls of them are judged as one operation) and
+        ``torch.autograd.Function`` classes (their autograd nodes are judged as one operation).
     """
 
     def __init__(self, declarations: Mapping[Any, Treatment]) -> None:
         self.names: dict[str, Treatment] = {}
         self.functions: dict[Any, Treatment] = {}
-        self.modules: dict[type, Treatment] = {}
+        self.modules: dict[str, Treatment] = {}  # by class path: declaring a class imports nothing
         for key, treatment in declarations.items():
-            if isinstance(key, str):
-                self.names[key] = treatment
-            elif isinstance(key, type) and issubclass(key, nn.Module):
+            if isinstance(key, str) and "." in key:
                 self.modules[key] = treatment
+            elif isinstance(key, str):
+                self.names[key] = treatment
+            elif isinstance(key, type) and issubclass(key, torch.nn.Module):
+                self.modules[f"{key.__module__}.{key.__qualname__}"] = treatment
             elif isinstance(key, type) and issubclass(key, torch.autograd.Function):
                 self.names[op_name(f"{key.__name__}Backward")] = treatment
             else:
                 self.functions[key] = treatment
 
-    def module(self, module: nn.Module) -> Treatment | None:
-        """The declared treatment of an unruled call of ``module`` (by its class), or ``None``."""
-        for cls in type(module).__mro__:
-            if cls in self.modules:
-                return self.modules[cls]
+    def module(self, module: Any) -> Treatment | None:
+        """The declared treatment of an unruled call of ``module`` (by its class or a base), or ``None``."""
+        for path in class_paths(module):
+            if path in self.modules:
+                return self.modules[path]
         return None
 
     def classify(self, name: str, operands: int, target: Any = None) -> Treatment:
@@ -257,6 +292,7 @@ __all__ = (
     "TreatmentTable",
     "as_treatment",
     "check_key",
+    "class_paths",
     "classify",
     "op_name",
     "table_from",

@@ -7,7 +7,9 @@ Generation uses only numpy and is deterministic for a given seed.
 
 from __future__ import annotations
 
-import numpy as np
+from zplug._lazy import lazy_module
+
+np = lazy_module("numpy")  # imported when images are generated: the class names need nothing
 
 #: The class names, in label order.
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross")

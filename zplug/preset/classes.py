@@ -48,10 +48,11 @@ def imported_class(cls_or_path: type | str) -> type | None:
     if not module_name:
         return None
     obj: Any = sys.modules[module_name]
-    for attr in attr_path.split("."):
+    names = attr_path.split(".")
+    for i, attr in enumerate(names):
         if not hasattr(obj, attr):
-            if isinstance(obj, type(sys)) and f"{obj.__name__}.{attr}" not in sys.modules:
-                return None  # a submodule that is not imported yet
+            if i < len(names) - 1:
+                return None  # a submodule on the way to the class, not imported yet
             raise SpecError(f"cannot find class '{cls_or_path}' (module '{module_name}' has no '{attr}')")
         obj = getattr(obj, attr)
     return obj

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.errors import RelevanceError
 from zplug.rules.base import Rule, number, parameter
+
+torch = lazy_module("torch")  # imported when a rule first computes relevance, not to declare the rules
 
 
 def _single(call, grad_outputs, rule: str) -> tuple[torch.Tensor, torch.Tensor]:

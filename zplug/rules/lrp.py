@@ -13,10 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import attrs
-import torch
 
-from zplug.engine.ops import ConvOp, LinearOp, SumOp
-from zplug.engine.stabilize import apply_stabilizer, divide_stabilized
+from zplug._lazy import lazy_module
 from zplug.errors import RelevanceError
 from zplug.rules.base import (
     Absorption,
@@ -31,10 +29,28 @@ from zplug.rules.base import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from zplug.engine.function import LayerCall
 
-Tensors = tuple[torch.Tensor, ...]
-ParamMap = dict[str, torch.Tensor | None]
+    Tensors = tuple[torch.Tensor, ...]
+    ParamMap = dict[str, torch.Tensor | None]
+else:
+    # Declaring the rules (to register, list or check them in presets) needs no torch: it and
+    # the engine are imported when a rule first computes relevance.
+    torch = lazy_module("torch")
+ops = lazy_module("zplug.engine.ops")
+_stabilize = lazy_module("zplug.engine.stabilize")
+
+
+def divide_stabilized(relevance: torch.Tensor, stabilizer, z: torch.Tensor) -> torch.Tensor:
+    """``relevance / stabilised z``: :func:`zplug.engine.stabilize.divide_stabilized`."""
+    return _stabilize.divide_stabilized(relevance, stabilizer, z)
+
+
+def apply_stabilizer(stabilizer, z: torch.Tensor) -> torch.Tensor:
+    """The stabilised ``z``: :func:`zplug.engine.stabilize.apply_stabilizer`."""
+    return _stabilize.apply_stabilizer(stabilizer, z)
 
 
 def _modify(params: ParamMap, fn: Callable[[torch.Tensor], torch.Tensor], zero: tuple[str, ...] = ()) -> ParamMap:
@@ -87,12 +103,12 @@ def _affine(call: LayerCall, zero_params: tuple[str, ...]) -> bool:
     That is the case for dense and convolution layers (linear in their parameters) when no
     parameter is zeroed (the stored output includes every parameter).
     """
-    return not zero_params and isinstance(call.op, (LinearOp, ConvOp))
+    return not zero_params and isinstance(call.op, (ops.LinearOp, ops.ConvOp))
 
 
 def _times_inputs(xs: Tensors, products: Tensors, op) -> Tensors:
     """Return ``x * v`` per input; in place on ``v`` when it is a fresh kernel output and no graph is recorded."""
-    if not torch.is_grad_enabled() and (isinstance(op, LinearOp) or (isinstance(op, ConvOp) and op.explicit)):
+    if not torch.is_grad_enabled() and (isinstance(op, ops.LinearOp) or (isinstance(op, ops.ConvOp) and op.explicit)):
         return tuple(v.mul_(x) for x, v in zip(xs, products))
     return _mul(xs, products)
 
@@ -184,7 +200,7 @@ class Norm(Rule):
         scaled = _scaled(grad_outputs, call.outputs, self.stabilizer)
         shares = call.op.transpose(scaled, xs, params)
         # A sum hands every summand the same quotient (a fresh buffer): the last product may reuse it.
-        reusable = isinstance(call.op, SumOp) and shares[-1] is scaled and xs[-1].dtype == scaled.dtype
+        reusable = isinstance(call.op, ops.SumOp) and shares[-1] is scaled and xs[-1].dtype == scaled.dtype
         if reusable and not torch.is_grad_enabled():
             return (*_mul(xs[:-1], shares[:-1]), shares[-1].mul_(xs[-1]))
         return _mul(xs, shares)

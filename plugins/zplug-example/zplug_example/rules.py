@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import attrs
-import torch
 
-from zplug import stabilize
 from zplug.errors import RelevanceError
 from zplug.rules import Absorption, Rule, non_negative, parameter, relevance_total
 
@@ -35,6 +33,10 @@ class EpsilonScaled(Rule):
 
     def backward(self, call, grad_outputs):
         """Return ``x * transpose(R / stabilised z)`` for each input of the layer."""
+        import torch  # here, not at the top: registering and checking the rule then needs no torch
+
+        from zplug import stabilize
+
         if len(grad_outputs) != 1:
             raise RelevanceError(f"rule '{self.name}' needs a layer with one output; '{call.name}' has several")
         z = call.output
@@ -50,6 +52,10 @@ class EpsilonScaled(Rule):
         whole relevance of a sample whose outputs are all zero (the rule drops it). The rest is the
         bias's share ``R_j b_j / d_j``: the inputs' contributions add up to ``z_j - b_j``.
         """
+        import torch
+
+        from zplug import stabilize
+
         if len(grad_outputs) != 1:
             return None
         z, upper = call.output, grad_outputs[0]

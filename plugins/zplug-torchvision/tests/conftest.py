@@ -10,14 +10,24 @@ import torch
 from zplug_torchvision import build, imagenet_bounds
 from zplug_torchvision.plugin import zplug_register_layer_types
 
+from zplug import layertypes
 from zplug.canonizers import applied_canonizers
 from zplug.engine import attach_rules
 from zplug.layers import Sum
-from zplug.layertypes import ACTIVATION, AVGPOOL, BATCHNORM, CONVOLUTION
+from zplug.preset.classes import import_class
 from zplug.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, ZBox, ZPlus
 
+
+def classes(paths) -> tuple[type, ...]:
+    """The module classes that layer types declare by their paths."""
+    return tuple(import_class(path) for path in paths)
+
+
+ACTIVATION, AVGPOOL, BATCHNORM, CONVOLUTION = (
+    classes(kind) for kind in (layertypes.ACTIVATION, layertypes.AVGPOOL, layertypes.BATCHNORM, layertypes.CONVOLUTION)
+)
 #: What the plugin adds to the "activation" kind (squeeze-excitation gates).
-PLUGIN_ACTIVATIONS = tuple(zplug_register_layer_types()["activation"])
+PLUGIN_ACTIVATIONS = classes(zplug_register_layer_types()["activation"])
 
 
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

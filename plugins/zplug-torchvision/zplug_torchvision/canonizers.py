@@ -4,24 +4,30 @@ Each family canonizer is a composite: BatchNorm merging (traced, see
 :class:`zplug.canonizers.MergeBatchNorm`) followed by replacement ``forward`` methods that
 route the family's functional operations (residual additions, functional ReLU and pooling)
 through modules that rules can be attached to. The plugin README justifies each treatment.
+
+Defining the canonizers imports neither torch nor torchvision: the torchvision classes are
+looked up when a model is canonized (a model of them exists only once torchvision is imported).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import functools
+import sys
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
-import torch
-from torchvision.models.densenet import DenseNet
-from torchvision.models.efficientnet import MBConv
-from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
-from torchvision.models.mobilenetv2 import MobileNetV2
-from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from zplug.canonizers import AttributeCanonizer, Canonizer, CompositeCanonizer, MergeBatchNorm
 from zplug.canonizers.attribute import bound
-from zplug.layers import Sum
+
+if TYPE_CHECKING:
+    import torch
+    from torchvision.models.densenet import DenseNet
+    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
+    from torchvision.models.mobilenetv2 import MobileNetV2
+    from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
 #: The child name under which the ``Sum`` of a residual block is registered while canonized.
 SUM = "residual_sum"
@@ -59,36 +65,61 @@ def _inverted_residual_v3_forward(self: InvertedResidualV3 | MBConv, x: torch.Te
 
 def _densenet_forward(self: DenseNet, x: torch.Tensor) -> torch.Tensor:
     out = self.zplug_relu(self.features(x))
+    import torch
+
     out = torch.flatten(self.zplug_pool(out), 1)
     return self.classifier(out)
 
 
 def _mobilenet_v2_forward(self: MobileNetV2, x: torch.Tensor) -> torch.Tensor:
+    import torch
+
     out = torch.flatten(self.zplug_pool(self.features(x)), 1)
     return self.classifier(out)
 
 
-_BLOCK_FORWARDS = (
-    (BasicBlock, _basic_block_forward),
-    (Bottleneck, _bottleneck_forward),
-    (InvertedResidualV2, _inverted_residual_v2_forward),
-    (InvertedResidualV3, _inverted_residual_v3_forward),
-    (MBConv, _inverted_residual_v3_forward),
-)
+@functools.cache
+def _block_forwards() -> dict[type, Any]:
+    """``{block class: replacement forward}`` (imports torchvision's model classes)."""
+    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
+    from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return {
+        BasicBlock: _basic_block_forward,
+        Bottleneck: _bottleneck_forward,
+        InvertedResidualV2: _inverted_residual_v2_forward,
+        InvertedResidualV3: _inverted_residual_v3_forward,
+        MBConv: _inverted_residual_v3_forward,
+    }
+
+
+def _is_torchvision(module: torch.nn.Module) -> bool:
+    # A torchvision class exists (and its module is imported) only once torchvision is imported.
+    return type(module).__module__.split(".")[0] == "torchvision" and "torchvision.models" in sys.modules
 
 
 def residual_block_attributes(name: str, module: torch.nn.Module) -> dict[str, Any] | None:
     """Attributes for torchvision's residual blocks: a ``Sum`` child and a forward that uses it."""
-    if getattr(module, "use_res_connect", True) is False:
+    if getattr(module, "use_res_connect", True) is False or not _is_torchvision(module):
         return None  # an inverted residual block without residual connection: nothing to route
-    for cls, forward in _BLOCK_FORWARDS:
-        if type(module) is cls:
-            return {SUM: Sum(), "forward": bound(forward, module)}
-    return None
+    forward = _block_forwards().get(type(module))
+    if forward is None:
+        return None
+    from zplug.layers import Sum
+
+    return {SUM: Sum(), "forward": bound(forward, module)}
 
 
 def model_forward_attributes(name: str, module: torch.nn.Module) -> dict[str, Any] | None:
     """Attributes for models whose own forward uses functional ReLU / pooling (DenseNet, MobileNetV2)."""
+    if not _is_torchvision(module):
+        return None
+    import torch
+    from torchvision.models.densenet import DenseNet
+    from torchvision.models.mobilenetv2 import MobileNetV2
+
     if type(module) is DenseNet:
         return {
             "zplug_relu": torch.nn.ReLU(),

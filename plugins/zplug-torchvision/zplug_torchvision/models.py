@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from os import PathLike
+from typing import TYPE_CHECKING
 
-import torch
-import torchvision.models as tvm
+if TYPE_CHECKING:  # torch and torchvision are imported when a model is built, not to register the factories
+    import torch
 
 #: Per-channel mean and standard deviation of ImageNet images in [0, 1] (torchvision's convention).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,7 +47,9 @@ def build(name: str, *, num_classes: int = 1000, weights: str | PathLike | None 
     """
     if name not in MODEL_NAMES:
         raise KeyError(f"unknown torchvision model '{name}' (known: {', '.join(MODEL_NAMES)})")
-    model = getattr(tvm, name)(weights=None, num_classes=num_classes)
+    import torchvision.models
+
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
     if weights is not None:
         load_weights(model, weights)
     return model.eval()
@@ -59,6 +62,8 @@ def load_weights(model: torch.nn.Module, path: str | PathLike) -> torch.nn.Modul
     refuses pickled code, so files from untrusted sources cannot execute anything. torchvision's
     published checkpoints (``*.pth`` from ``download.pytorch.org``) are such ``state_dict`` files.
     """
+    import torch
+
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -72,6 +77,8 @@ def factories() -> dict[str, Callable[[], torch.nn.Module]]:
 
 
 def _channel_tensor(values: tuple[float, ...], dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
+    import torch
+
     return torch.tensor(values, dtype=dtype, device=device).reshape(1, -1, 1, 1)
 
 
@@ -83,13 +90,16 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 
 
 def imagenet_bounds(
-    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+    dtype: torch.dtype | None = None, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return ``(low, high)``, the normalised images of 0 and 1, each of shape ``(1, 3, 1, 1)``.
+    """Return ``(low, high)``, the normalised images of 0 and 1, each of shape ``(1, 3, 1, 1)`` (float32 by default).
 
     These are the z-box bounds (``zbox`` rule, ``low``/``high`` parameters of the
     ``epsilon_gamma_box`` preset) for inputs made with :func:`normalize`.
     """
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     mean = _channel_tensor(IMAGENET_MEAN, dtype, device)
     std = _channel_tensor(IMAGENET_STD, dtype, device)
     return (0 - mean) / std, (1 - mean) / std

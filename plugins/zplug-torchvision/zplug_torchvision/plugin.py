@@ -1,29 +1,40 @@
-"""The zplug plugin module (entry point ``torchvision``): registrations and canonizer suggestions."""
+"""The zplug plugin module (entry point ``torchvision``): registrations and canonizer suggestions.
+
+Registering imports neither torch nor torchvision (``zplug presets`` and ``zplug check`` stay
+fast): classes are named by their paths, and torchvision is imported when one of its models is
+built or canonized. A model of a torchvision class can only exist once torchvision is imported,
+so the model hooks answer from the model's class alone.
+"""
 
 from __future__ import annotations
 
-import torch
-from torchvision.models.densenet import DenseNet
-from torchvision.models.efficientnet import EfficientNet
-from torchvision.models.mobilenetv2 import MobileNetV2
-from torchvision.models.mobilenetv3 import MobileNetV3
-from torchvision.models.resnet import ResNet
-from torchvision.models.vgg import VGG
-from torchvision.ops.misc import SqueezeExcitation
-from torchvision.ops.stochastic_depth import StochasticDepth
+from typing import TYPE_CHECKING
 
 from zplug import hookimpl
 from zplug_torchvision.canonizers import CANONIZERS
 from zplug_torchvision.models import IMAGENET_MEAN, IMAGENET_STD, factories
 
+if TYPE_CHECKING:
+    import torch
+
+#: ``(class path, canonizer, what the model is)``: the exact classes each family canonizer is for.
 _FAMILIES = (
-    (VGG, "vgg", "torchvision VGG"),
-    (ResNet, "resnet", "torchvision ResNet (residual blocks)"),
-    (DenseNet, "densenet", "torchvision DenseNet (conv->BatchNorm pairs, functional ReLU and pooling)"),
-    (MobileNetV2, "mobilenet", "torchvision MobileNetV2 (inverted residuals, functional pooling)"),
-    (MobileNetV3, "mobilenet", "torchvision MobileNetV3 (inverted residuals, squeeze-excitation)"),
-    (EfficientNet, "mobilenet", "torchvision EfficientNet (MBConv residuals, squeeze-excitation)"),
-)
+    ("torchvision.models.vgg.VGG", "vgg", "torchvision VGG"),
+    ("torchvision.models.resnet.ResNet", "resnet", "torchvision ResNet (residual blocks)"),
+    ("torchvision.models.densenet.DenseNet", "densenet",
+     "torchvision DenseNet (conv->BatchNorm pairs, functional ReLU and pooling)"),
+    ("torchvision.models.mobilenetv2.MobileNetV2", "mobilenet",
+     "torchvision MobileNetV2 (inverted residuals, functional pooling)"),
+    ("torchvision.models.mobilenetv3.MobileNetV3", "mobilenet",
+     "torchvision MobileNetV3 (inverted residuals, squeeze-excitation)"),
+    ("torchvision.models.efficientnet.EfficientNet", "mobilenet",
+     "torchvision EfficientNet (MBConv residuals, squeeze-excitation)"),
+)  # fmt: skip
+SQUEEZE_EXCITATION = "torchvision.ops.misc.SqueezeExcitation"
+
+
+def _class_path(model: torch.nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
 @hookimpl
@@ -45,7 +56,7 @@ def zplug_register_layer_types():
     It joins the ``activation`` kind, so presets that give activations ``pass`` treat it as one
     element-wise layer (input and output have the same shape); see the README.
     """
-    return {"activation": (SqueezeExcitation,), "gate": (SqueezeExcitation,)}
+    return {"activation": (SQUEEZE_EXCITATION,), "gate": (SQUEEZE_EXCITATION,)}
 
 
 @hookimpl
@@ -65,13 +76,14 @@ def zplug_input_convention(model: torch.nn.Module):
 @hookimpl
 def zplug_register_op_treatments():
     """``StochasticDepth`` is the identity in evaluation mode: its plain gradient is exact (coverage)."""
-    return {StochasticDepth: "linear"}
+    return {"torchvision.ops.stochastic_depth.StochasticDepth": "linear"}
 
 
 @hookimpl
 def zplug_suggest_canonizers(model: torch.nn.Module):
     """Suggest the family canonizer for torchvision models (exact class match)."""
-    for cls, name, what in _FAMILIES:
-        if type(model) is cls:
+    path = _class_path(model)
+    for family, name, what in _FAMILIES:
+        if path == family:
             return [(name, f"the model is a {what}")]
     return None
