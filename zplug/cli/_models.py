@@ -101,6 +101,14 @@ def load_weights(model: Any, path: str, label: str) -> None:
         raise ModelMismatchError(f"weights '{path}' do not fit model '{label}': {detail}") from None
 
 
+def check_model_options(model: str | None, demo: bool) -> None:
+    """Raise :class:`SpecError` unless exactly one of ``--model`` and ``--demo`` is given."""
+    if demo and model:
+        raise SpecError("give either --demo or --model, not both")
+    if not demo and not model:
+        raise SpecError("no model: give --model NAME (a registered model or package.module:factory) or --demo")
+
+
 def build_model(model: str | None, demo: bool, weights: str | None) -> LoadedModel:
     """Build the model that ``--model``/``--demo``/``--weights`` describe, in evaluation mode.
 
@@ -111,16 +119,13 @@ def build_model(model: str | None, demo: bool, weights: str | None) -> LoadedMod
     UnknownNameError, ModelMismatchError, InputError
         For an unknown model, a factory that fails, or weights that cannot be loaded.
     """
-    if demo and model:
-        raise SpecError("give either --demo or --model, not both")
+    check_model_options(model, demo)
     if demo:
         from zplug.demo.model import DemoNet, weights_path
 
         module = DemoNet()
         load_weights(module, str(weights or weights_path()), "demo")
         return LoadedModel(module=module.eval(), label="demo", convention=convention_of(module))
-    if not model:
-        raise SpecError("no model: give --model NAME (a registered model or package.module:factory) or --demo")
     from zplug.cli.presets import load_model
 
     module = load_model(model)
@@ -252,6 +257,7 @@ __all__ = (
     "Convention",
     "LoadedModel",
     "build_model",
+    "check_model_options",
     "class_name",
     "convention_of",
     "declared_convention",

@@ -181,23 +181,32 @@ class Plan:
 
 
 def prepare(args, device: str) -> Plan:
-    """Check the options and build the model, mapping and attributor (the same on every process)."""
-    from zplug.cli._models import build_model, with_options
+    """Check the options and build the model, mapping and attributor (the same on every process).
+
+    Everything that can be checked without the model (options, parameters, input paths) is
+    checked first, so that a mistake is reported at once, before torch and the model are loaded.
+    """
+    from zplug.cli._models import Convention, build_model, check_model_options, with_options
     from zplug.cli.presets import parse_params
     from zplug.cmap import get_cmap
-    from zplug.inputs import collect_inputs, label_source
+    from zplug.inputs import Preprocess, collect_inputs, label_source
+    from zplug.preset.binding import bind_preset
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1 (got {args.batch_size})")
     if args.sheet_limit < 0:
         raise CommandError(f"--sheet-limit must be 0 or more (got {args.sheet_limit})")
+    for option, value in (("--resize", args.resize), ("--crop", args.crop)):
+        if value is not None and value < 0:
+            raise CommandError(f"{option} must be 0 (off) or a number of pixels (got {value})")
+    check_model_options(args.model, args.demo)
     get_cmap(args.cmap)
     check_name_format(args.name_format)
-    loaded = build_model(args.model, args.demo, args.weights)
-    convention = with_options(
-        loaded.convention, resize=args.resize, crop=args.crop, normalize=args.normalize, mean=args.mean,
-        std=args.std, class_names=args.class_names,
-    )
+    attributor_params = parse_params(args.attributor_param)
+    bound = bind_preset(args.preset, parse_params(args.param), attributor=args.attributor)
+    options = {"resize": args.resize, "crop": args.crop, "normalize": args.normalize, "mean": args.mean,
+               "std": args.std, "class_names": args.class_names}
+    with_options(Convention(preprocess=Preprocess()), **options)  # checks them before the model is built
     paths = list(args.inputs)
     if not paths:
         if not args.demo:
@@ -205,12 +214,15 @@ def prepare(args, device: str) -> Plan:
         from zplug.demo.samples import samples_dir
 
         paths = [str(samples_dir())]
-    samples = collect_inputs(paths, convention.classes)
+    samples = collect_inputs(paths)
+    loaded = build_model(args.model, args.demo, args.weights)
+    convention = with_options(loaded.convention, **options)
+    if convention.classes is not None and any(sample.label is not None for sample in samples):
+        samples = collect_inputs(paths, convention.classes)  # ImageFolder labels follow the class names
     check_unique_names(args.name_format, samples)
     target = parse_target(args.target, convention.classes, samples)
     model = loaded.module.to(device)
-    attributor, mapping = build_method(args, model, convention, device, parse_params(args.param),
-                                       parse_params(args.attributor_param))
+    attributor, mapping = build_method(args, model, convention, device, bound, attributor_params)
     return Plan(
         args=args, samples=samples, label_source=label_source(paths, convention.classes), model=model,
         convention=convention, label=loaded.label, mapping=mapping,
@@ -273,14 +285,15 @@ def parse_target(text: str, classes, samples: list) -> Any:
     return index
 
 
-def build_method(args, model, convention, device: str, params: dict, attributor_params: dict):
-    """Return ``(attributor, mapping)``: ``--param`` routed as :func:`zplug.explain` does, bounds filled in."""
+def build_method(args, model, convention, device: str, bound, attributor_params: dict):
+    """Return ``(attributor, mapping)``: ``--param`` routed as :func:`zplug.explain` does, bounds filled in.
+
+    ``bound`` is the preset with the ``--param`` values routed (:func:`zplug.preset.bind_preset`).
+    """
     from zplug.attributors.base import make_attributor
-    from zplug.preset.binding import bind_preset
     from zplug.registry import default_registry
 
     cls = default_registry().attributors[args.attributor]
-    bound = bind_preset(args.preset, params, attributor=args.attributor)
     routed, preset_params = bound.attributor_params, dict(bound.preset_params)
     both = sorted(set(routed) & set(attributor_params))
     if both:

@@ -89,7 +89,7 @@ def bind_preset(
     registry = registry_or_default(registry)
     attributor_names: list[str] = []
     attributor_label = "an attributor instance"
-    if params and isinstance(attributor, (str, type)):
+    if isinstance(attributor, (str, type)):
         cls = registry.attributors[attributor] if isinstance(attributor, str) else attributor
         attributor_names = [f.name for f in attrs.fields(cls)]
         attributor_label = f"attributor '{attributor if isinstance(attributor, str) else cls.name}'"
