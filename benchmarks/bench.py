@@ -345,7 +345,17 @@ def _cpu_name() -> str:
 
 def _notes() -> str:
     path = ROOT / "benchmarks" / "NOTES.md"
-    return "\n" + path.read_text() if path.exists() else ""
+    return ("\n" + path.read_text() if path.exists() else "") + _startup_section()
+
+
+def _startup_section() -> str:
+    """The start-up section that ``benchmarks/startup.py`` wrote into docs/benchmarks.md, kept as it is."""
+    from startup import BEGIN, DOC, END
+
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+    if BEGIN not in text or END not in text:
+        return ""
+    return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
 
 
 if __name__ == "__main__":
