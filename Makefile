@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/zplug-*)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zplug-installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench bench-startup clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+bench-startup: $(STAMP)
+	$(PY) benchmarks/startup.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
