@@ -108,7 +108,8 @@ def zplug_register_op_treatments() -> Mapping[object, object] | None:
     """Declare how operations without a rule are treated, for the coverage analysis.
 
     Keys are operation names as the coverage section shows them (``"roll"``, ``"my_op"``),
-    functions that ``torch.fx`` records as call targets, ``torch.nn.Module`` classes (a call of
+    functions that ``torch.fx`` records as call targets, ``torch.nn.Module`` classes or their dotted
+    paths (``"torchvision.ops.stochastic_depth.StochasticDepth"``, matched without importing it; a call of
     such a module without a rule is judged as one operation, and torch.fx does not trace into it)
     or ``torch.autograd.Function`` classes (their autograd nodes). Values are ``"linear"`` (the
     plain gradient is exact: every output element copies one input element or a constant),

@@ -22,7 +22,6 @@ import attrs
 from zplug._lazy import lazy_module
 from zplug.canonizers._patch import PatchStack, patching
 from zplug.canonizers.base import Canonizer, CanonizerError
-from zplug.engine.identity import mark_identity
 from zplug.errors import NotTraceableError, SpecError
 from zplug.parts import parameter
 
@@ -152,11 +151,19 @@ def _merged_forward(module: torch.nn.Module, weight: torch.Tensor, bias: torch.T
     return forward
 
 
-@mark_identity  # a ``pass`` rule on the merged BatchNorm then costs nothing: the identity's gradient passes
 def _identity(input: torch.Tensor) -> torch.Tensor:
     # No copy: if an in-place operation later changes the tensor that the preceding layer's rule
     # stored as its output, the engine sees the changed version counter and recomputes the output.
     return input
+
+
+@functools.cache
+def _marked_identity() -> Callable[..., Any]:
+    # A ``pass`` rule on the merged BatchNorm then costs nothing: the identity's gradient passes.
+    # Marked on first use: importing the engine (and torch) is not needed to declare the canonizer.
+    from zplug.engine.identity import mark_identity
+
+    return mark_identity(_identity)
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -268,7 +275,7 @@ def merged(model: torch.nn.Module, pairs: Sequence[Pair]) -> Iterator[torch.nn.M
             bn = modules[bn_name]
             for name in linears:
                 _merge_one(stack, overrides, modules[name], bn)
-            stack.attribute(bn, "forward", _identity)
+            stack.attribute(bn, "forward", _marked_identity())
         yield model
 
 
