@@ -25,6 +25,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "attach_rules": "zplug.engine.attach",
     "default_registry": "zplug.registry",
+    "evaluate": "zplug.evaluation",
     "explain": "zplug.explain",
     "Explanation": "zplug.explain",
     "LayerMapping": "zplug.mapping",
@@ -65,6 +66,7 @@ __all__ = (
     "ZplugError",
     "__version__",
     "attach_rules",
+    "evaluate",
     "explain",
     "default_registry",
     "load_preset",

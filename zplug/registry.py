@@ -39,6 +39,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.presets",
     "zplug.demo.hooks",
     "zplug.coverage.treatments",
+    "zplug.metrics.hooks",
 )
 BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:epsilon"``
 ENTRY_POINT_GROUP = "zplug"
@@ -377,6 +378,11 @@ class PluginRegistry:
         return self._collect("model", "zplug_register_models", _named_items)
 
     @property
+    def metrics(self) -> Catalog[type]:
+        """Metric classes by name."""
+        return self._collect("metric", "zplug_register_metrics", _metric_classes)
+
+    @property
     def layer_types(self) -> dict[str, tuple[type, ...]]:
         """Layer-type names mapped to module classes, merged over all plugins (never a conflict)."""
         merged: dict[str, tuple[type, ...]] = {}
@@ -461,6 +467,7 @@ class PluginRegistry:
             "attributors": self.attributors,
             "presets": self.presets,
             "models": self.models,
+            "metrics": self.metrics,
             "layer_types": self._layer_type_catalog(),
         }
 
@@ -514,6 +521,15 @@ def _rule_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     for name, cls in _named_classes(result):
         if not issubclass(cls, Rule):
             raise TypeError(f"rule class {cls.__qualname__} must subclass zplug.rules.Rule")
+        yield name, cls
+
+
+def _metric_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    from zplug.metrics.base import Metric
+
+    for name, cls in _named_classes(result):
+        if not issubclass(cls, Metric):
+            raise TypeError(f"metric class {cls.__qualname__} must subclass zplug.metrics.Metric")
         yield name, cls
 
 
