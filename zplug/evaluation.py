@@ -23,7 +23,7 @@ def evaluate(
     metric: str | Metric = "srg",
     method: str | None = None,
     output_index: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = 64,
     max_memory: int = 256 * 2**20,
     seed: int = 0,
     progress: Progress | None = None,

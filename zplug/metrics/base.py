@@ -175,7 +175,7 @@ class Context:
         targets: torch.Tensor,
         *,
         output_index: int | None = None,
-        batch_size: int = 256,
+        batch_size: int = 64,
         max_memory: int = 256 * 2**20,
         generator: torch.Generator | None = None,
         progress: Progress | None = None,
