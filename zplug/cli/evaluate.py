@@ -76,15 +76,16 @@ def build_methods(args, setup, params: dict[str, Any]) -> list[Method]:
     from zplug.attributors.base import make_attributor
     from zplug.cli._dataset import bounds_for, route_params
     from zplug.cli.explain import CommandError
-    from zplug.presets import load_preset
+    from zplug.presets import is_path, load_preset
     from zplug.registry import default_registry
 
     if not args.preset and not args.attributor:
         raise CommandError("no method: give --preset NAME|FILE and/or --attributor NAME (e.g. --attributor gradient)")
-    labels = [*args.preset, *args.attributor]
+    preset_labels = [Path(p).stem if is_path(p) else p for p in args.preset]
+    labels = [*preset_labels, *args.attributor, *(["random"] if args.random else [])]
     duplicate = next((label for label in labels if labels.count(label) > 1), None)
     if duplicate is not None:
-        raise CommandError(f"method '{duplicate}' is given twice")
+        raise CommandError(f"method '{duplicate}' is given twice (a preset file is named by its stem)")
     catalog = default_registry().attributors
     accepted = {f"preset {p}": set(load_preset(p).params) for p in args.preset}
     for name in args.attributor:
@@ -92,12 +93,12 @@ def build_methods(args, setup, params: dict[str, Any]) -> list[Method]:
     routed = route_params(params, accepted, "--param", "method")
     gradient = catalog["gradient"]
     methods = []
-    for preset in args.preset:
-        from zplug.resolver import resolve
+    from zplug.resolver import resolve
 
+    for preset, label in zip(args.preset, preset_labels):
         given = routed[f"preset {preset}"]
         mapping = resolve(setup.model, preset, **given, **bounds_for(preset, setup, given))
-        methods.append(Method(label=preset, attributor=make_attributor(gradient, {}), mapping=mapping))
+        methods.append(Method(label=label, attributor=make_attributor(gradient, {}), mapping=mapping))
     for name in args.attributor:
         attributor = make_attributor(catalog[name], routed[f"attributor {name}"])
         methods.append(Method(label=name, attributor=attributor))

@@ -58,7 +58,8 @@ def add_parser(subparsers) -> None:
                        help="output folder: the tuned preset, trials.jsonl, summary.json (default results/tune)")
     group.add_argument("--name", metavar="NAME", help="the tuned preset's name (file stem; default: BASE_tuned)")
     group.add_argument("--overwrite", action="store_true",
-                       help="replace existing output files, and restart a trial log written for another run")
+                       help="replace existing output files, and restart a trial log written for another run "
+                       "(a log of the same run is always resumed)")
     parser.set_defaults(run=run)
 
 

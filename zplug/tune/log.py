@@ -79,7 +79,8 @@ class TrialLog:
     config : Mapping
         The run's configuration (JSON data); a log with another one is an error.
     restart : bool
-        Start the log afresh instead (the old file is replaced).
+        Start the log afresh when it was written for another configuration (instead of an error);
+        a log of the same configuration is always resumed.
     """
 
     def __init__(self, path: Path, config: Mapping[str, Any], *, restart: bool = False) -> None:
@@ -87,11 +88,16 @@ class TrialLog:
         self.config = json.loads(json.dumps(dict(config)))
         self.default: TrialRecord | None = None
         self.trials: dict[int, TrialRecord] = {}
-        if self.path.exists() and not restart:
-            self._read()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps({"zplug_tune": FORMAT, "config": self.config}) + "\n", encoding="utf-8")
+        if self.path.exists():
+            try:
+                self._read()
+                return
+            except TrialLogError:
+                if not restart:
+                    raise
+                self.default, self.trials = None, {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps({"zplug_tune": FORMAT, "config": self.config}) + "\n", encoding="utf-8")
 
     def _read(self) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines()

@@ -158,7 +158,7 @@ def tune(
     config : mapping or None
         More configuration recorded in (and checked against) the log, e.g. which data set.
     restart : bool
-        Start the log afresh.
+        Start the log afresh if it was written for another configuration (else that is an error).
     batch_size, max_memory : int
         Inputs per batch (tensor ``inputs``) and the evaluation's bounds (:func:`zplug.evaluate`).
     strict : bool
