@@ -55,7 +55,8 @@ def add_parser(subparsers) -> None:
                        help="held-out images to compare the defaults and the tuned preset on; repeatable")
     group = parser.add_argument_group("output")
     group.add_argument("--out", default="results/tune", metavar="DIR",
-                       help="output folder: the tuned preset, trials.jsonl, summary.json (default results/tune)")
+                       help="output folder: NAME.toml (the tuned preset), NAME.summary.json and trials.jsonl "
+                       "(default results/tune)")
     group.add_argument("--name", metavar="NAME", help="the tuned preset's name (file stem; default: BASE_tuned)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace existing output files, and restart a trial log written for another run "
@@ -84,7 +85,7 @@ def run(args) -> int:
     name = args.name or f"{base.name}_tuned"
     if not name.replace("_", "").replace("-", "").isalnum():
         raise CommandError(f"--name {name!r}: use letters, digits, '_' and '-' (it becomes the file name)")
-    preset_file, summary_file = out / f"{name}.toml", out / "summary.json"
+    preset_file, summary_file = out / f"{name}.toml", out / f"{name}.summary.json"
     for path in (preset_file, summary_file):
         check_writable(path, args.overwrite)
     space = parse_space(args.space)

@@ -244,7 +244,7 @@ def _run(objective: Objective, params: Mapping[str, Any], number: int | None, sh
     result = objective(params)
     return TrialRecord(
         number=number, params=dict(shown), score=result.mean, scores=tuple(result.scores.tolist()),
-        seconds=time.perf_counter() - start,
+        seconds=round(time.perf_counter() - start, 3),
     )
 
 
