@@ -10,8 +10,10 @@ A case is ``model:batch:work``:
 * model ``demo`` (the bundled demo CNN, 3x32x32 inputs) or ``resnet18`` (torchvision, random weights,
   3x64x64 inputs);
 * work ``region``: RegionPerturbation, MoRF, every patch (4x4 on the demo, 8x8 on ResNet18: 64 steps), or
-  ``pixels``: PixelFlipping on single input elements, 192 steps (features_in_step 16 on the demo, 64 on
+  ``pixels``: PixelFlipping on single input elements, 96 steps (features_in_step 32 on the demo, 128 on
   ResNet18), both with the ``black`` baseline and softmax scores, Quantus's defaults.
+
+``--threads 2,1`` runs every case with each torch thread count (one table, a row per case and count).
 
 Both libraries get the same float32 model, inputs, labels and attributions (Gaussian noise, no ties). Each
 variant runs once to warm up; then every round runs both, alternating which goes first; the table shows the
@@ -69,7 +71,7 @@ def work_params(model_name: str, work: str) -> tuple[dict, Callable[[], object]]
             patch_size=patch, regions_evaluation=64, disable_warnings=True, display_progressbar=False
         )
         return {"metric": "region_perturbation", "patch_size": patch, "regions": 64}, quantus_metric
-    per_step = 16 if model_name == "demo" else 64
+    per_step = 32 if model_name == "demo" else 128
     quantus_metric = quantus.PixelFlipping(features_in_step=per_step, disable_warnings=True, display_progressbar=False)
     return {"metric": "pixel_flipping", "channels": "separate", "per_step": per_step}, quantus_metric
 
@@ -117,21 +119,21 @@ def render(results: list[dict], meta: dict) -> str:
         BEGIN,
         "## Evaluation: zplug vs Quantus 0.6.0",
         "",
-        f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['threads']} threads; {meta['rounds']} "
+        f"Machine: {meta['machine']}; torch {meta['torch']}; {meta['rounds']} "
         f"interleaved rounds per case after one warm-up call each; median wall time; load average "
         f"{meta['load']} when the run started.",
         "Produced by `python benchmarks/evaluate.py` (see its docstring for the cases).",
         "",
-        "| case | work | zplug | Quantus | Quantus / zplug | max curve diff. |",
-        "|---|---|---|---|---|---|",
+        "| case | work | threads | zplug | Quantus | Quantus / zplug | max curve diff. |",
+        "|---|---|---|---|---|---|---|",
     ]
     for res in results:
         model_name, batch, work = res["case"].split(":")
         zplug_time = statistics.median(res["times"]["zplug"])
         quantus_time = statistics.median(res["times"]["quantus"])
-        label = {"region": "RegionPerturbation, 64 steps", "pixels": "PixelFlipping, 192 steps"}[work]
+        label = {"region": "RegionPerturbation, 64 steps", "pixels": "PixelFlipping, 96 steps"}[work]
         lines.append(
-            f"| {model_name}, batch {batch} | {label} | {_fmt(zplug_time)} | {_fmt(quantus_time)} | "
+            f"| {model_name}, batch {batch} | {label} | {res['threads']} | {_fmt(zplug_time)} | {_fmt(quantus_time)} | "
             f"**{quantus_time / zplug_time:.1f}** | {res['difference']:.1e} |"
         )
     lines += ["", END]
@@ -158,23 +160,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help="comma-separated model:batch:work")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", default=None, help="comma-separated torch thread counts (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="markdown file, or - for stdout")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    thread_counts = [int(t) for t in args.threads.split(",")] if args.threads else [torch.get_num_threads()]
     meta = {
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
         "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "rounds": args.rounds,
         "load": " / ".join(f"{v:.1f}" for v in os.getloadavg()),
     }
     results = []
-    for case in args.cases.split(","):
-        times, difference = time_case(make_variants(case), args.rounds)
-        results.append({"case": case, "times": times, "difference": difference})
-        print(render(results[-1:], meta).splitlines()[-3], flush=True)
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for case in args.cases.split(","):
+            times, difference = time_case(make_variants(case), args.rounds)
+            results.append({"case": case, "threads": threads, "times": times, "difference": difference})
+            print(render(results[-1:], meta).splitlines()[-3], flush=True)
     section = render(results, meta)
     if args.out == "-":
         print(section)

@@ -130,3 +130,12 @@ def test_tune_layer_groups(registry, capsys, tmp_path):
     mapping = zplug.resolve(load_model(), tuned, low=0.0, high=1.0)
     assert mapping["conv5"].params["gamma"] == 2.0 and mapping["conv1"].rule_name == "zbox"
     assert (out / "groups.toml").exists()
+
+
+def test_evaluate_json_on_stdout_keeps_the_table_on_stderr(registry, capsys):
+    status, stdout, stderr = run(capsys, "evaluate", str(FOLDER), "--demo", "--attributor", "gradient", "--no-random",
+                                 *METRIC, "--json", "-")
+    assert status == 0
+    document = json.loads(stdout)
+    assert [r["method"] for r in document["results"]] == ["gradient"] and document["results"][0]["n"] == 3
+    assert stderr.startswith("method ")

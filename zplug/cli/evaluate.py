@@ -180,11 +180,17 @@ def run(args) -> int:
     finally:
         bar.close()
     results = join(parts)
-    print(table(results, methods, metrics))
-    print(f"{data.describe()}; model {setup.label}; target {args.target}; seed {args.seed}")
+    say = report_stream(args)
+    print(table(results, methods, metrics), file=say)
+    print(f"{data.describe()}; model {setup.label}; target {args.target}; seed {args.seed}", file=say)
     write_outputs(args, results, methods, metrics, data, setup)
-    print(f"time: {time.perf_counter() - start:.1f} s")
+    print(f"time: {time.perf_counter() - start:.1f} s", file=say)
     return 0
+
+
+def report_stream(args):
+    """Where the table goes: standard output, or standard error when the JSON goes there (``--json -``)."""
+    return sys.stderr if args.json == "-" else sys.stdout
 
 
 def relevance_of(method: Method, model, x, target, seed: int):
@@ -287,8 +293,8 @@ def write_outputs(args, results, methods, metrics, data, setup) -> None:
             plot_curves([results[(m.label, metric.name)] for m in methods], path, title=repr(metric))
             written.append(path)
     elif args.plots is None:
-        print("curves: not drawn (pip install 'zplug[plot]' for matplotlib)")
-    print(f"wrote {', '.join(str(p) for p in written)}")
+        print("curves: not drawn (pip install 'zplug[plot]' for matplotlib)", file=report_stream(args))
+    print(f"wrote {', '.join(str(p) for p in written)}", file=report_stream(args))
 
 
 __all__ = ("EPILOG", "Method", "add_parser", "run")
