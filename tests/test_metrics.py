@@ -81,11 +81,11 @@ def test_pixels_sum_the_channels(registry):
     for n in range(3):
         pixel_order = np.argsort(-r[n].sum(0).reshape(-1).numpy(), kind="stable")
         values = x[n].clone()
-        expected = [float((weight * values).sum() + model[1].bias[0])]
+        expected = [float((weight * values).sum() + model[1].bias[0].detach())]
         for start in range(0, 64, 4):
             rows, cols = np.divmod(pixel_order[start : start + 4], 8)
             values[:, rows, cols] = 0.0
-            expected.append(float((weight * values).sum() + model[1].bias[0]))
+            expected.append(float((weight * values).sum() + model[1].bias[0].detach()))
         np.testing.assert_allclose(result.curves["morf"].scores[n].numpy(), expected, atol=1e-12)
 
 
