@@ -95,6 +95,7 @@ def evaluate(
         model, x, relevance, torch.zeros(x.shape[0], dtype=torch.long), output_index=output_index,
         batch_size=batch_size, max_memory=max_memory, generator=generator, progress=progress,
     )
+    # target None means the predicted classes: known from the clean outputs, which the context computes and keeps
     context.targets = target_classes(target, context.clean_outputs())
     result = metric.measure(context)
     return result if label is None else _labelled(result, label)
