@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from zplug.cli import main as zplug
 
-    out = Path(args.out)
+    out = Path(os.path.relpath(args.out))  # relative paths read better in the tuned preset's summary
     start = time.perf_counter()
     write_images(out / "data" / "tune", args.tune_images, TUNE_SEED)
     write_images(out / "data" / "holdout", args.holdout_images, HOLDOUT_SEED)
