@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/zplug-*)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zplug-installed
 
-.PHONY: install test lint demo bench bench-startup clean
+.PHONY: install test lint demo tune-demo bench bench-startup bench-evaluate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,11 +30,19 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/zplug explain --demo --preset epsilon_plus_flat --out results/demo
 
+# Tune epsilon_gamma_box per layer group on generated demo images; compare on held-out ones (about 20 min).
+tune-demo: $(STAMP)
+	$(PY) benchmarks/tune_demo.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
 bench-startup: $(STAMP)
 	$(PY) benchmarks/startup.py
+
+# zplug.evaluate vs Quantus 0.6.0 on the same work; updates docs/benchmarks.md.
+bench-evaluate: $(STAMP)
+	$(PY) benchmarks/evaluate.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -310,11 +310,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out == "-":
         print(text)
     else:
-        Path(args.out).write_text(text + _notes())
+        Path(args.out).write_text(text + _notes() + _kept_sections(Path(args.out)))
         print(f"wrote {args.out}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _kept_sections(path: Path) -> str:
+    """Sections other scripts maintain in the same file (benchmarks/evaluate.py's), kept as they are."""
+    marker = "<!-- evaluation benchmarks: written by benchmarks/evaluate.py -->"
+    text = path.read_text() if path.exists() else ""
+    return "\n" + marker + text.split(marker, 1)[1] if marker in text else ""
 
 
 def _meta(args: argparse.Namespace) -> dict:

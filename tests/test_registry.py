@@ -382,6 +382,24 @@ def test_hook_zplug_register_models(registry):
     assert isinstance(registry.models["tiny"](), torch.nn.Identity)
 
 
+def test_hook_zplug_register_metrics(registry):
+    import attrs
+
+    from zplug.metrics import Metric
+
+    @attrs.frozen(kw_only=True)
+    class Sharpness(Metric):
+        name = "sharpness"
+
+    registry.register(make_plugin("m", _returning("zplug_register_metrics", [Sharpness])), "m")
+    assert registry.metrics["m:sharpness"] is Sharpness
+    assert {"pixel_flipping", "region_perturbation", "srg"} <= set(registry.metrics)
+    not_a_metric = named("metric", "not_a_metric")
+    registry.register(make_plugin("bad", _returning("zplug_register_metrics", [not_a_metric])), "bad")
+    with pytest.warns(RuntimeWarning, match="must subclass zplug.metrics.Metric"):
+        assert "not_a_metric" not in registry.metrics
+
+
 def test_hook_zplug_suggest_canonizers(registry):
     def first(model):
         return ["merge_batchnorm"] if isinstance(model, torch.nn.Sequential) else None

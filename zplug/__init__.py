@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "attach_rules": "zplug.engine.attach",
     "default_registry": "zplug.registry",
+    "evaluate": "zplug.evaluation",
     "explain": "zplug.explanation",
     "Explanation": "zplug.explanation",
     "LayerMapping": "zplug.mapping",
@@ -75,6 +76,7 @@ __all__ = (
     "ZplugError",
     "__version__",
     "attach_rules",
+    "evaluate",
     "explain",
     "default_registry",
     "load_preset",

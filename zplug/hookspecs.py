@@ -71,6 +71,19 @@ def zplug_register_attributors() -> Sequence[type] | None:
 
 
 @hookspec
+def zplug_register_metrics() -> Sequence[type] | None:
+    """Return metric classes: subclasses of :class:`zplug.metrics.Metric`, each with a unique ``name``.
+
+    :func:`zplug.evaluate`, ``zplug evaluate --metric NAME`` and ``zplug tune --metric NAME``
+    refer to a metric by its name (or ``"plugin:name"``). The class's attrs fields are its
+    parameters, validated on construction; ``measure(context)`` returns a
+    :class:`zplug.metrics.MetricResult` with one score per sample. Return ``None`` or an empty
+    sequence to register nothing. A class that is not a ``Metric`` subclass, or has no name,
+    marks the plugin as broken.
+    """
+
+
+@hookspec
 def zplug_register_layer_types() -> Mapping[str, Sequence[type[torch.nn.Module] | str]] | None:
     """Map layer-type names used in presets (``types = ["convolution"]``) to module classes.
 

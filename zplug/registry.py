@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "zplug.preset.hooks",
     "zplug.demo.hooks",
     "zplug.coverage.treatments",
+    "zplug.metrics.hooks",
 )
 BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:epsilon"``
 ENTRY_POINT_GROUP = "zplug"
@@ -378,6 +379,10 @@ class PluginRegistry:
         return self._collect("model", "zplug_register_models", _named_items)
 
     @property
+    def metrics(self) -> Catalog[type]:
+        """Metric classes by name."""
+        return self._collect("metric", "zplug_register_metrics", _metric_classes)
+
     def layer_types(self) -> LayerTypes:
         """Layer-type names mapped to module classes, merged over all plugins (never a conflict).
 
@@ -483,6 +488,7 @@ class PluginRegistry:
             "attributors": self.attributors,
             "presets": self.presets,
             "models": self.models,
+            "metrics": self.metrics,
             "layer_types": self._layer_type_catalog(),
         }
 
@@ -536,6 +542,15 @@ def _rule_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     for name, cls in _named_classes(result):
         if not issubclass(cls, Rule):
             raise TypeError(f"rule class {cls.__qualname__} must subclass zplug.rules.Rule")
+        yield name, cls
+
+
+def _metric_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
+    from zplug.metrics.base import Metric
+
+    for name, cls in _named_classes(result):
+        if not issubclass(cls, Metric):
+            raise TypeError(f"metric class {cls.__qualname__} must subclass zplug.metrics.Metric")
         yield name, cls
 
 

@@ -21,6 +21,8 @@ COMMANDS: tuple[str, ...] = (
     "zplug.cli.plugins",
     "zplug.cli.presets",
     "zplug.cli.explain",
+    "zplug.cli.evaluate",
+    "zplug.cli.tune",
 )
 
 
