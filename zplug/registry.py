@@ -383,6 +383,7 @@ class PluginRegistry:
         """Metric classes by name."""
         return self._collect("metric", "zplug_register_metrics", _metric_classes)
 
+    @property
     def layer_types(self) -> LayerTypes:
         """Layer-type names mapped to module classes, merged over all plugins (never a conflict).
 
