@@ -90,8 +90,8 @@ def test_layer_groups_of_the_demo_model(registry):
     groups = layer_group_preset(model, "epsilon_gamma_box", low=0.0, high=1.0)
     assert groups.groups == {"low": ("conv2", "conv3"), "mid": ("conv4",), "high": ("conv5",), "dense": ("fc1", "fc2")}
     assert groups.defaults == {"gamma_low": 0.25, "gamma_mid": 0.25, "gamma_high": 0.25, "gamma_dense": 0.0}
-    from zplug.preset.loading import load_preset
     from zplug.preset import Preset
+    from zplug.preset.loading import load_preset
 
     preset = Preset.from_toml(preset_text(groups.document), name="groups")
     merged = preset.merged_into(load_preset("epsilon_gamma_box"))

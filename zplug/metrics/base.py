@@ -15,13 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.errors import ModelMismatchError, SpecError
 from zplug.metrics.baselines import check_baseline, fill_values, running_mean_table
 from zplug.metrics.records import Curve, MetricResult
 from zplug.metrics.units import Units
 from zplug.parts import Part, make_part, non_negative, parameter
+
+torch = lazy_module("torch")
 
 #: ``progress(done, total)``: perturbed inputs scored so far, of all in this call.
 Progress = Callable[[int, int], None]

@@ -26,10 +26,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
+from zplug._lazy import lazy_module
 from zplug.errors import SpecError
 from zplug.parts import is_tensor
+
+torch = lazy_module("torch")
 
 #: The named baselines.
 NAMED = ("black", "white", "mean", "running_mean", "blur", "noise")

@@ -7,7 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-import torch
+
+from zplug._lazy import lazy_module
+
+torch = lazy_module("torch")
 
 
 @attrs.frozen(kw_only=True, eq=False)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.errors import SpecError
+
+torch = lazy_module("torch")
 
 
 @attrs.frozen(kw_only=True, eq=False)
