@@ -57,8 +57,11 @@ def test_an_error_on_one_rank_is_reported_once(tmp_path):
     (data / "3.png").write_text("broken\n")  # batch 1 (rank 1) with --batch-size 2
     result = torchrun(str(data), "--demo", "--batch-size", "2", "--out", "out", cwd=tmp_path)
     assert result.returncode != 0
-    message = f"zplug: error: cannot read image '{data / '3.png'}': not an image Pillow can read"
+    # input 3 is checked by rank 1 (inputs are dealt round-robin for reading), before anything is written
+    message = (f"zplug: error: cannot read image '{data / '3.png'}': not a PNG, JPEG, BMP, GIF, WebP, TIFF or "
+               "PPM/PGM/PBM image; give --skip-bad to explain the other 3 inputs")
     assert [line for line in result.stderr.splitlines() if line.startswith("zplug: error:")] == [message]
+    assert not (tmp_path / "out").exists()
 
 
 def test_single_process_context_without_torchrun(monkeypatch):
