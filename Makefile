@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(VENV)/bin/zplug explain --demo --preset epsilon_plus_flat --out results/demo
+	$(VENV)/bin/zplug explain --demo --preset epsilon_plus_flat --out results/demo --overwrite
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
