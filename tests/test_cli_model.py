@@ -95,3 +95,15 @@ def test_models_that_are_no_classifier_for_these_inputs(registry, capsys, tmp_pa
         "preprocessing: none (images as they are, values in [0, 1])): RuntimeError: mat1 and mat2 shapes cannot be "
         "multiplied (96x32 and 5x2); check --resize and --crop\n"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_declared_convention_is_checked():
+    from zplug.cli._models import convention_of
+    from zplug.errors import ModelMismatchError
+
+    model = nn.Linear(2, 2)
+    model.zplug_input = {"resize": -5}
+    with pytest.raises(ModelMismatchError) as info:
+        convention_of(model)
+    assert str(info.value) == "Linear.zplug_input: resize must be a number of pixels (an integer, 0 or None: off), " \
+                              "not -5"

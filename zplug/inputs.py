@@ -39,8 +39,8 @@ def label_source(paths: Sequence[str | os.PathLike], class_names: Sequence[str] 
 
 def _size_or_none(name: str):
     def check(instance, attribute, value) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise SpecError(f"{name} must be a positive integer or None (got {value!r})")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise SpecError(f"{name} must be a number of pixels (an integer, 0 or None: off), not {value!r}")
 
     return check
 
@@ -52,9 +52,9 @@ class Preprocess:
     Attributes
     ----------
     resize : int or None
-        Resize so that the shorter side has this many pixels (bilinear); ``None``: keep the size.
+        Resize so that the shorter side has this many pixels (bilinear); ``None`` or 0: keep the size.
     crop : int or None
-        Centre-crop a square of this size; ``None``: no crop.
+        Centre-crop a square of this size; ``None`` or 0: no crop.
     mean, std : tuple of float or None
         Per-channel normalisation ``(x - mean) / std`` of the [0, 1] image; ``None``: none.
     """

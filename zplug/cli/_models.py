@@ -153,12 +153,15 @@ def declared_convention(declared: dict, where: str, source: str) -> Convention:
         raise ModelMismatchError(f"{where} has unknown keys {unknown} (known: {', '.join(CONVENTION_KEYS)})")
     mean, std = declared.get("mean"), declared.get("std")
     classes = declared.get("classes")
-    preprocess = Preprocess(
-        resize=declared.get("resize"),
-        crop=declared.get("crop"),
-        mean=None if mean is None else tuple(float(v) for v in mean),
-        std=None if std is None else tuple(float(v) for v in std),
-    )
+    try:
+        preprocess = Preprocess(
+            resize=declared.get("resize"),
+            crop=declared.get("crop"),
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
+        )
+    except (SpecError, TypeError, ValueError) as exc:
+        raise ModelMismatchError(f"{where}: {exc}") from None
     return Convention(preprocess=preprocess, classes=None if classes is None else tuple(classes), source=source)
 
 
