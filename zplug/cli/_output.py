@@ -440,10 +440,6 @@ class OutputFolder:
             ) from None
         os.unlink(temp, dir_fd=fd)
 
-    def left_from_before(self) -> int:
-        """Return how many files that were in the folder before the run are still there, not replaced."""
-        return len(self.before - self._written)
-
 
 def _files_below(root: Path) -> list[str]:
     """Every non-folder entry below ``root`` (links not followed), as paths relative to it."""

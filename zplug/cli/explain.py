@@ -519,8 +519,12 @@ def build_method(args, model, convention, device: str, bound, attributor_params:
     return attributor, mapping
 
 
-def work(plan: Plan, ctx) -> tuple[list[Record], list, list]:
-    """Explain this process's batches and write their files; return records, sheet cells and ledgers."""
+def work(plan: Plan, ctx) -> tuple[list[Record], list, list, int, list[str]]:
+    """Explain this process's batches and write their files.
+
+    Returns records, sheet cells, ledgers, and how many files replaced older ones and which
+    were written (so that rank 0 can account for every process's files).
+    """
     from zplug.cli._progress import ProgressBar
 
     args = plan.args
@@ -545,7 +549,7 @@ def work(plan: Plan, ctx) -> tuple[list[Record], list, list]:
             bar.update(len(batches[number]))
     finally:
         bar.close()
-    return records, sheet, ledgers
+    return records, sheet, ledgers, plan.folder.replaced, list(plan.folder.written)
 
 
 def explain_batch(plan: Plan, number: int, first: int, batch: list):
@@ -662,7 +666,10 @@ def finish(plan: Plan, gathered: list, seconds: float, ctx) -> None:
         sheet = contact_sheet_of(cells)
         plan.folder.write(SHEET, lambda file: sheet.save(file, format="PNG"))
         sheet_path = plan.out / SHEET
-    print(summary(plan, records, sheet_path, len(cells), seconds, ctx.world_size))
+    replaced = plan.folder.replaced + sum(part[3] for part in gathered[1:])  # rank 0's count includes the sheet
+    written = {path for part in gathered for path in part[4]} | set(plan.folder.written)
+    overwritten = (replaced, len(plan.folder.before - written)) if plan.folder.before else None
+    print(summary(plan, records, sheet_path, len(cells), seconds, ctx.world_size, overwritten))
 
 
 def contact_sheet_of(cells: list):
@@ -683,8 +690,9 @@ def contact_sheet_of(cells: list):
     return contact_sheet(pixels, [c[2] for c in cells], [c[3] for c in cells], scale=scale)
 
 
-def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: float, world_size: int) -> str:
-    """Return the lines printed at the end of a run."""
+def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: float, world_size: int,
+            overwritten: tuple[int, int] | None = None) -> str:
+    """Return the lines printed at the end of a run (``overwritten``: files replaced, and older files left)."""
     args = plan.args
     method = f"preset {args.preset}" if args.preset else "no preset"
     if not args.preset and plan.attributor.uses_gradient:
@@ -719,10 +727,10 @@ def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: 
     if sheet_path is not None:
         more = f", the first {shown} of {len(records)} inputs" if shown < len(records) else ""
         lines.append(f"contact sheet: {sheet_path}{more}")
-    if plan.folder.before:
-        left = plan.folder.left_from_before()
+    if overwritten is not None:
+        replaced, left = overwritten
         lines.append(
-            f"--overwrite: {plan.folder.replaced} file{'s' if plan.folder.replaced != 1 else ''} replaced; {left} "
+            f"--overwrite: {replaced} file{'s' if replaced != 1 else ''} replaced; {left} "
             f"other file{'s' if left != 1 else ''} in {plan.out}/ from before left as "
             f"{'they were' if left != 1 else 'it was'}"
         )
