@@ -298,3 +298,24 @@ def test_results_are_the_same_as_before(registry, capsys, tmp_path):
     expected = heatmaps(relevance[None], "symmetric", "coldnhot", 1.0)[0]
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "heatmaps" / "00_circle_0.png")),
                                   np.asarray(expected))
+
+
+def test_an_interruption_says_what_was_written(registry, capsys, tmp_path, four, monkeypatch):
+    import zplug.cli.explain as command
+
+    explain_batch = command.explain_batch
+
+    def interrupted(plan, number, first, batch):
+        if number == 1:
+            raise KeyboardInterrupt
+        return explain_batch(plan, number, first, batch)
+
+    monkeypatch.setattr(command, "explain_batch", interrupted)
+    out = tmp_path / "out"
+    status, _, err = run(capsys, str(four), "--demo", "--out", str(out), "--batch-size", "2")
+    assert status == 130
+    assert err.splitlines() == [
+        f"zplug: 2 files were written under '{out}' before the interruption (complete files, of inputs 0-1)",
+        "zplug: interrupted",
+    ]
+    assert not list(out.rglob(".zplug-*"))

@@ -186,6 +186,13 @@ def _step(ctx, folder: list, action, share: bool = False) -> Any:
     value, failure = None, None
     try:
         value = action()
+    except KeyboardInterrupt:
+        if folder and folder[0].written:
+            from zplug.cli._output import describe_written
+
+            note = describe_written(folder[0].root, len(folder[0].written), folder[0].written_indices)
+            print(f"zplug: {note.replace(' before it', ' before the interruption')}", file=sys.stderr, flush=True)
+        raise
     except Exception as exc:  # noqa: BLE001 - every process must hear of it before any exits
         failure = exc
     written = (len(folder[0].written), folder[0].written_indices) if folder else (0, [])
