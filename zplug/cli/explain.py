@@ -289,11 +289,11 @@ def check_options(args) -> None:
 
 
 def prepare(args, device: str, main: bool = True) -> Plan:
-    """Check the options, the output folder, the inputs' names, and build the model (the same on every process).
+    """Check the options, find the inputs, check the output folder, build the model, plan the file names.
 
-    Everything that can be checked without the model (options, parameters, the output folder,
-    input paths) is checked first, before torch and the model are loaded; the names of every
-    file the run will write are checked before any input is read.
+    The same on every process (only rank 0 checks the folder). Everything that needs no model
+    (options, parameters, input paths, the output folder) is checked before torch and the model
+    are loaded; the names of every file the run will write are checked before any input is read.
     """
     from zplug.cli._models import Convention, build_model, with_options
     from zplug.cli._output import KINDS, SHEET, OutputFolder, check_paths, files_of, plan_names
@@ -309,9 +309,6 @@ def prepare(args, device: str, main: bool = True) -> Plan:
     options = {"resize": args.resize, "crop": args.crop, "normalize": args.normalize, "mean": args.mean,
                "std": args.std, "class_names": args.class_names}
     with_options(Convention(preprocess=Preprocess()), **options)  # checks them before the model is built
-    folder = OutputFolder(Path(args.out), args.overwrite)
-    if main:
-        folder.check()
     paths = list(args.inputs)
     if not paths:
         if not args.demo:
@@ -320,6 +317,9 @@ def prepare(args, device: str, main: bool = True) -> Plan:
 
         paths = [str(samples_dir())]
     discovery = discover(paths, args.layout)
+    folder = OutputFolder(Path(args.out), args.overwrite)
+    if main:
+        folder.check()
     loaded = build_model(args.model, args.demo, args.weights)
     convention = with_options(loaded.convention, **options)
     samples = discovery.samples(convention.classes)
