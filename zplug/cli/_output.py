@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from zplug.errors import ZplugError
+from zplug.errors import OutputError
 
 #: The fields of ``--name-format``.
 NAME_FIELDS = ("sample", "stem", "label", "pred")
@@ -37,10 +37,6 @@ KINDS = {"heatmaps": ".png", "inputs": ".png", "relevance": ".npy"}
 SHEET = "contact_sheet.png"
 #: The longest file-name part (bytes) most file systems take.
 NAME_MAX = 255
-
-
-class OutputError(ZplugError):
-    """The output folder, or a file name in it, cannot be used."""
 
 
 # -- names ---------------------------------------------------------------------------------------
