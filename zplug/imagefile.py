@@ -27,11 +27,14 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import attrs
-import numpy as np
 
 from zplug.discovery import InputError, file_kind
+
+if TYPE_CHECKING:
+    import numpy as np
 
 #: Pillow formats that are read (by their Pillow names); others are refused before decoding.
 FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF", "PPM")
@@ -147,6 +150,7 @@ def read_image(path: str | os.PathLike, limits: Limits | None = None):
 
 def _to_unit(image, path: str | os.PathLike):
     """Return ``image`` as ``RGB`` (8 bits) or ``F`` with values in [0, 1] (see the module docstring)."""
+    import numpy as np
     from PIL import Image
 
     mode = image.mode
@@ -182,6 +186,8 @@ def _to_unit(image, path: str | os.PathLike):
 
 def to_array(image) -> np.ndarray:
     """Return an ``RGB`` or ``F`` image from :func:`read_image` as float32 ``(3, H, W)`` in [0, 1]."""
+    import numpy as np
+
     if image.mode == "F":
         plane = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
         return np.repeat(plane[None], 3, axis=0)
