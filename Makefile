@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 demo: $(STAMP)
-	$(VENV)/bin/zplug explain --demo --preset epsilon_plus_flat --out results/demo
+	$(VENV)/bin/zplug explain --demo --preset epsilon_plus_flat --out results/demo --overwrite
 
 # Tune epsilon_gamma_box per layer group on generated demo images; compare on held-out ones (about 20 min).
 tune-demo: $(STAMP)

@@ -89,7 +89,7 @@ def test_demo_without_inputs_writes_heatmaps_sheet_inputs_and_relevance(tmp_path
     lines = result.stdout.splitlines()
     assert lines[:6] == [
         "explained 12 inputs, target pred",
-        "model: demo (demo model convention)",
+        "model: demo (demo model convention), eval mode",
         "method: preset epsilon_plus_flat, attributor gradient()",
         "preprocessing: resize 32, crop 32",
         "accuracy: 12/12 = 100.0% (labels: ImageFolder sub-folders, indexed by class names)",
@@ -317,7 +317,8 @@ def bad_preset(tmp_path) -> str:
 
 ERRORS = [
     (["nope.png", "--demo"], "input 'nope.png' does not exist"),
-    (["{tmp}/text.png", "--demo"], "cannot read image '{tmp}/text.png': not an image Pillow can read"),
+    (["{tmp}/text.png", "--demo"],
+     "cannot read image '{tmp}/text.png': not a PNG, JPEG, BMP, GIF, WebP, TIFF or PPM/PGM/PBM image"),
     (["{tmp}/empty", "--demo"], "folder '{tmp}/empty' holds no images (looked for .bmp, .gif, .jpeg, .jpg, .pgm, "
      ".png, .ppm, .tif, .tiff, .webp, and in its sub-folders)"),
     (["--demo", "--preset", "epsilon_plu"], "unknown preset 'epsilon_plu' (did you mean 'epsilon_plus'? known: "
@@ -340,10 +341,11 @@ ERRORS = [
     (["--demo", "--name-format", "{label}"], "--name-format '{label}' gives '{samples}/circle/circle_0.png' and "
      "'{samples}/circle/circle_1.png' the same name 'circle'; add {sample} to it"),
     (["--demo", "--weights", "{tmp}/none.pt"], "weights file '{tmp}/none.pt' does not exist"),
-    (["--demo", "--weights", "{tmp}/text.png"], "cannot load weights '{tmp}/text.png' (a state_dict saved with "
-     "torch.save is needed): "),
-    (["--demo", "--weights", "{tmp}/linear.pt"], "weights '{tmp}/linear.pt' do not fit model 'demo': Error(s) in "
-     "loading state_dict for DemoNet: Missing key(s) in state_dict: "),
+    (["--demo", "--weights", "{tmp}/text.png"], "weights file '{tmp}/text.png' was not written by torch.save; save "
+     "the weights with torch.save(model.state_dict(), FILE)"),
+    (["--demo", "--weights", "{tmp}/linear.pt"], "weights '{tmp}/linear.pt' do not fit model 'demo': 34 missing "
+     "entries (conv1.weight, bn1.weight, bn1.bias and 31 more), 2 unexpected entries (weight, bias); give the weights "
+     "of this architecture, or the --model they were trained for"),
     (["--demo", "--model", "demo"], "give either --demo or --model, not both"),
     (["x.png"], "no model: give --model NAME (a registered model or package.module:factory) or --demo"),
     (["--model", "demo"], "no inputs: give image files, folders or ImageFolder trees (or --demo for its samples)"),

@@ -57,8 +57,11 @@ def test_an_error_on_one_rank_is_reported_once(tmp_path):
     (data / "3.png").write_text("broken\n")  # batch 1 (rank 1) with --batch-size 2
     result = torchrun(str(data), "--demo", "--batch-size", "2", "--out", "out", cwd=tmp_path)
     assert result.returncode != 0
-    message = f"zplug: error: cannot read image '{data / '3.png'}': not an image Pillow can read"
+    # input 3 is checked by rank 1 (inputs are dealt round-robin for reading), before anything is written
+    message = (f"zplug: error: cannot read image '{data / '3.png'}': not a PNG, JPEG, BMP, GIF, WebP, TIFF or "
+               "PPM/PGM/PBM image; give --skip-bad to explain the other 3 inputs")
     assert [line for line in result.stderr.splitlines() if line.startswith("zplug: error:")] == [message]
+    assert not (tmp_path / "out").exists()
 
 
 def test_single_process_context_without_torchrun(monkeypatch):
@@ -86,3 +89,22 @@ def test_bad_environment(monkeypatch):
     with pytest.raises(DistributedError, match=r"^RANK=2 is not in 0..1 \(WORLD_SIZE=2\)$"):
         with context("cpu"):
             pass
+
+
+def test_overwrite_accounts_for_every_process_and_skip_bad_keeps_numbers(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in (0, 1, 2, 4, 5):
+        shutil.copy(samples_dir() / "cross" / "cross_0.png", data / f"{i}.png")
+    (data / "3.png").write_text("broken\n")
+    first = torchrun(str(data), "--demo", "--batch-size", "2", "--out", "out", "--skip-bad", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "out" / "keep.txt").write_text("mine\n")
+    again = torchrun(str(data), "--demo", "--batch-size", "2", "--out", "out", "--skip-bad", "--overwrite",
+                     cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    # 5 heatmaps (3 from rank 0, 2 from rank 1) and the sheet replaced; keep.txt left
+    assert "--overwrite: 6 files replaced; 1 other file in out/ from before left as it was" in again.stdout
+    assert sorted(p.name for p in (tmp_path / "out" / "heatmaps").iterdir()) == [
+        "00_0.png", "01_1.png", "02_2.png", "04_4.png", "05_5.png"]
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine\n"

@@ -103,6 +103,10 @@ class CommandError(ZplugError):
     """A command-line option is invalid or cannot be honoured here."""
 
 
+class OutputError(CommandError):
+    """``zplug explain`` cannot write its files: ``--out`` or a name from ``--name-format`` cannot be used."""
+
+
 class DistributedError(ZplugError):
     """The process group could not be set up (e.g. ``--device cuda`` on a rank without a GPU)."""
 
@@ -136,6 +140,7 @@ __all__ = (
     "InputError",
     "ModelMismatchError",
     "NotTraceableError",
+    "OutputError",
     "PluginConflictError",
     "PluginLoadError",
     "RelevanceError",

@@ -57,8 +57,9 @@ def explain(
     Parameters
     ----------
     model : torch.nn.Module
-        The model, called as ``model(*inputs)``; put it in ``eval()`` mode yourself. It is
-        restored exactly on return (rules removed, canonizers reverted).
+        The model, called as ``model(*inputs)``; put it in ``eval()`` mode yourself (a model in
+        training mode with BatchNorm running statistics is refused: a forward pass would change
+        them). It is restored exactly on return (rules removed, canonizers reverted).
     inputs : tensor or tuple of tensors
         Floating-point inputs sharing the batch dimension.
     target : None, int, sequence of int, tensor or callable
@@ -111,7 +112,12 @@ def explain(
         For an unknown preset or attributor name.
     CoverageError
         With ``strict=True``, for operations no rule covers.
+    ModelMismatchError
+        For a model in training mode whose forward pass would update running statistics.
     """
+    from zplug.evalmode import check_eval_mode
+
+    check_eval_mode(model)
     if preset is not None and mapping is not None:
         raise SpecError("give either preset= or mapping=, not both")
     if preset is None and canonizers is not None:

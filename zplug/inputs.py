@@ -1,125 +1,48 @@
-"""Image inputs for ``zplug explain``: files, folders and ImageFolder trees, and their preprocessing.
+"""Image inputs for ``zplug explain``: which files, and how one becomes a model input.
 
-:func:`collect_inputs` turns command-line paths into a list of :class:`Sample` records (path and,
-for ImageFolder trees, the label); :class:`Preprocess` turns one image file into a tensor (resize
-the short side, centre-crop, scale to [0, 1], normalise with a mean and std). Only Pillow and
-torch are used, so no torchvision is needed; Pillow's bilinear resize is what torchvision's
-``Resize`` does on Pillow images.
-
-A path is read as follows:
-
-* a file: one unlabelled input (any format Pillow reads);
-* a folder whose sub-folders hold images: an ImageFolder tree; each sub-folder is a class and
-  its images are labelled with it; sub-folders without images keep their place in the order;
-* any other folder: its image files (by extension), unlabelled.
-
-Files inside folders are taken in sorted order; folders are not searched any deeper.
+:mod:`zplug.discovery` turns command-line paths into :class:`Sample` records (path and, for
+ImageFolder trees, the label); :mod:`zplug.imagefile` reads one file safely (limits, every Pillow
+mode to [0, 1]); :class:`Preprocess` turns it into an array (resize the short side, centre-crop,
+scale to [0, 1], normalise with a mean and std). Only Pillow and torch are used, so no
+torchvision is needed; Pillow's bilinear resize is what torchvision's ``Resize`` does on Pillow
+images. :func:`collect_inputs` and :func:`label_source` are kept for callers of earlier versions.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import attrs
 import numpy as np
 
-from zplug.errors import InputError
-
-#: File extensions (lower case) taken from folders; files named explicitly are tried whatever their name.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
-
-
-@attrs.frozen(kw_only=True)
-class Sample:
-    """One input image.
-
-    Attributes
-    ----------
-    path : Path
-        The image file.
-    label : int or None
-        The class index (ImageFolder trees only).
-    label_name : str or None
-        The class (the sub-folder's name).
-    """
-
-    path: Path
-    label: int | None = None
-    label_name: str | None = None
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def class_indices(folders: Sequence[str], class_names: Sequence[str] | None = None) -> tuple[dict[str, int], str]:
-    """Map ImageFolder class folders to class indices.
-
-    Parameters
-    ----------
-    folders : sequence of str
-        The sub-folder names.
-    class_names : sequence of str or None
-        The model's class names, in output order, if known.
-
-    Returns
-    -------
-    dict, str
-        ``{folder: index}``, and how it was decided: ``"class names"`` when every folder is one
-        of ``class_names`` (the index is its position there), else ``"sorted folders"`` (the
-        position in the sorted folder list, as torchvision's ``ImageFolder``).
-    """
-    if class_names is not None and all(name in class_names for name in folders):
-        positions = {name: index for index, name in enumerate(class_names)}
-        return {name: positions[name] for name in folders}, "class names"
-    return {name: index for index, name in enumerate(sorted(folders))}, "sorted folders"
+from zplug.discovery import IMAGE_EXTENSIONS, InputError, Sample, class_indices, discover
+from zplug.errors import SpecError
+from zplug.imagefile import Limits, read_image, to_array
 
 
 def collect_inputs(paths: Sequence[str | os.PathLike], class_names: Sequence[str] | None = None) -> list[Sample]:
-    """Return the samples that ``paths`` name (see the module docstring), in order.
+    """Return the samples that ``paths`` name (see :mod:`zplug.discovery`), in order.
 
     Raises
     ------
     InputError
         For a path that does not exist, or a folder without images.
     """
-    samples: list[Sample] = []
-    for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise InputError(f"input '{raw}' does not exist")
-        if path.is_file():
-            samples.append(Sample(path=path))
-            continue
-        subfolders = sorted(p for p in path.iterdir() if p.is_dir())
-        tree = {folder.name: _images_in(folder) for folder in subfolders}
-        if any(tree.values()):
-            indices, _ = class_indices(list(tree), class_names)
-            for name in sorted(tree, key=lambda n: (indices[n], n)):
-                samples.extend(Sample(path=p, label=indices[name], label_name=name) for p in tree[name])
-            continue
-        files = _images_in(path)
-        if not files:
-            extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise InputError(f"folder '{raw}' holds no images (looked for {extensions}, and in its sub-folders)")
-        samples.extend(Sample(path=p) for p in files)
-    return samples
+    return discover(paths).samples(class_names)
 
 
 def label_source(paths: Sequence[str | os.PathLike], class_names: Sequence[str] | None = None) -> str | None:
     """Return how the labels of ``paths`` were decided (see :func:`class_indices`), or ``None`` without trees."""
-    sources = set()
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            folders = [p.name for p in path.iterdir() if p.is_dir() and _images_in(p)]
-            if folders:
-                sources.add(class_indices(folders, class_names)[1])
-    return ", ".join(sorted(sources)) or None
+    return discover(paths).label_source(class_names)
+
+
+def _size_or_none(name: str):
+    def check(instance, attribute, value) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise SpecError(f"{name} must be a number of pixels (an integer, 0 or None: off), not {value!r}")
+
+    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -129,56 +52,86 @@ class Preprocess:
     Attributes
     ----------
     resize : int or None
-        Resize so that the shorter side has this many pixels (bilinear); ``None``: keep the size.
+        Resize so that the shorter side has this many pixels (bilinear); ``None`` or 0: keep the size.
     crop : int or None
-        Centre-crop a square of this size; ``None``: no crop.
+        Centre-crop a square of this size; ``None`` or 0: no crop.
     mean, std : tuple of float or None
         Per-channel normalisation ``(x - mean) / std`` of the [0, 1] image; ``None``: none.
     """
 
-    resize: int | None = None
-    crop: int | None = None
+    resize: int | None = attrs.field(default=None, validator=_size_or_none("resize"))
+    crop: int | None = attrs.field(default=None, validator=_size_or_none("crop"))
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
-    def load(self, path: str | os.PathLike) -> np.ndarray:
-        """Read ``path`` as RGB, resize and crop; return float32 ``(3, H, W)`` in [0, 1] (before normalising).
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """Return the size after resizing a ``width x height`` image (the long side as torchvision computes it)."""
+        if not self.resize:
+            return width, height
+        if width < height:
+            return self.resize, max(int(self.resize * height / width), 1)
+        if height < width:
+            return max(int(self.resize * width / height), 1), self.resize
+        return self.resize, self.resize
+
+    def output_shape(self, path: str | os.PathLike, width: int, height: int, limits: Limits) -> tuple[int, int, int]:
+        """Return ``(3, H, W)`` of the input made from a ``width x height`` image ``path``.
 
         Raises
         ------
         InputError
-            If the file is not an image Pillow can read, or is smaller than the crop.
+            If the resized image is over ``limits.max_pixels``, or smaller than the crop.
         """
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except FileNotFoundError:
-            raise InputError(f"input '{path}' does not exist") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
-            raise InputError(f"cannot read image '{path}': {reason}") from None
-        if self.resize:
-            width, height = image.size  # the long side as torchvision computes it: int(resize * long / short)
-            if width < height:
-                size = (self.resize, max(int(self.resize * height / width), 1))
-            elif height < width:
-                size = (max(int(self.resize * width / height), 1), self.resize)
-            else:
-                size = (self.resize, self.resize)
-            if size != image.size:
-                image = image.resize(size, Image.Resampling.BILINEAR)
+        size = self.resized_size(width, height)
+        if size != (width, height):
+            limits.check_pixels(*size, f"image '{path}' ({width}x{height}) resized to a shorter side of {self.resize}",
+                                "lower --resize or raise --max-pixels")
         if self.crop:
-            width, height = image.size
-            if width < self.crop or height < self.crop:
+            if size[0] < self.crop or size[1] < self.crop:
                 raise InputError(
-                    f"image '{path}' is {width}x{height}, smaller than the crop {self.crop}x{self.crop}; "
-                    "resize it (--resize) or crop less (--crop)"
+                    f"image '{path}' is {size[0]}x{size[1]}{' after resizing' if size != (width, height) else ''}, "
+                    f"smaller than the crop {self.crop}x{self.crop}; resize it (--resize) or crop less (--crop)"
                 )
-            left, top = int(round((width - self.crop) / 2.0)), int(round((height - self.crop) / 2.0))
+            size = (self.crop, self.crop)
+        return 3, size[1], size[0]
+
+    def check(self, path: str | os.PathLike, limits: Limits | None = None) -> tuple[int, int, int]:
+        """Decode ``path`` (see :func:`zplug.imagefile.read_image`) and return the shape :meth:`load` gives.
+
+        Raises
+        ------
+        InputError
+            As :meth:`load`.
+        """
+        limits = limits or Limits()
+        image = read_image(path, limits)
+        return self.output_shape(path, *image.size, limits)
+
+    def load(self, path: str | os.PathLike, limits: Limits | None = None) -> np.ndarray:
+        """Read ``path``, resize and crop; return float32 ``(3, H, W)`` in [0, 1] (before normalising).
+
+        8-bit images are resized as RGB (as torchvision does); 16-bit and floating-point ones
+        in Pillow's float mode, so no value is clipped (see :mod:`zplug.imagefile`).
+
+        Raises
+        ------
+        InputError
+            If the file cannot be read (see :func:`zplug.imagefile.read_image`), is too large
+            before or after resizing, or is smaller than the crop.
+        """
+        from PIL import Image
+
+        limits = limits or Limits()
+        image = read_image(path, limits)
+        self.output_shape(path, *image.size, limits)
+        size = self.resized_size(*image.size)
+        if size != image.size:
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        if self.crop:
+            left = int(round((size[0] - self.crop) / 2.0))
+            top = int(round((size[1] - self.crop) / 2.0))
             image = image.crop((left, top, left + self.crop, top + self.crop))
-        return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1).copy()
+        return to_array(image)
 
     def normalize(self, images):
         """Apply the mean/std normalisation to a batch ``(N, 3, H, W)`` (a torch tensor)."""
@@ -219,7 +172,7 @@ def _floats(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
-def load_batch(samples: Sequence[Sample], preprocess: Preprocess) -> np.ndarray:
+def load_batch(samples: Sequence[Sample], preprocess: Preprocess, limits: Limits | None = None) -> np.ndarray:
     """Load ``samples`` into one float32 array ``(N, 3, H, W)`` in [0, 1].
 
     Raises
@@ -227,7 +180,7 @@ def load_batch(samples: Sequence[Sample], preprocess: Preprocess) -> np.ndarray:
     InputError
         If an image cannot be read, or the images differ in size.
     """
-    arrays = [preprocess.load(sample.path) for sample in samples]
+    arrays = [preprocess.load(sample.path, limits) for sample in samples]
     first = arrays[0].shape
     for sample, array in zip(samples, arrays):
         if array.shape != first:
@@ -241,6 +194,7 @@ def load_batch(samples: Sequence[Sample], preprocess: Preprocess) -> np.ndarray:
 __all__ = (
     "IMAGE_EXTENSIONS",
     "InputError",
+    "Limits",
     "Preprocess",
     "Sample",
     "class_indices",

@@ -66,39 +66,18 @@ class LoadedModel:
 
 
 def load_weights(model: Any, path: str, label: str) -> None:
-    """Load a ``state_dict`` file into ``model`` with ``torch.load(..., weights_only=True)``.
-
-    A checkpoint dict with a ``"state_dict"`` entry is unpacked.
+    """Load a ``state_dict`` file into ``model`` (see :mod:`zplug.cli._weights`).
 
     Raises
     ------
     InputError
-        If the file is missing or not a weights-only torch file.
+        If the file is missing, not a weights-only torch file, or holds NaN or infinite values.
     ModelMismatchError
         If the weights do not fit the model.
     """
-    import torch
+    from zplug.cli._weights import load_weights as load
 
-    if not Path(path).is_file():
-        raise InputError(f"weights file '{path}' does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds here; all mean "not loadable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"cannot load weights '{path}' (a state_dict saved with torch.save is needed): {first}"
-        ) from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(f"weights file '{path}' holds a {type(state).__name__}, not a state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        detail = " ".join(str(exc).split())
-        if len(detail) > 300:
-            detail = detail[:297] + "..."
-        raise ModelMismatchError(f"weights '{path}' do not fit model '{label}': {detail}") from None
+    load(model, path, label)
 
 
 def check_model_options(model: str | None, demo: bool) -> None:
@@ -174,12 +153,15 @@ def declared_convention(declared: dict, where: str, source: str) -> Convention:
         raise ModelMismatchError(f"{where} has unknown keys {unknown} (known: {', '.join(CONVENTION_KEYS)})")
     mean, std = declared.get("mean"), declared.get("std")
     classes = declared.get("classes")
-    preprocess = Preprocess(
-        resize=declared.get("resize"),
-        crop=declared.get("crop"),
-        mean=None if mean is None else tuple(float(v) for v in mean),
-        std=None if std is None else tuple(float(v) for v in std),
-    )
+    try:
+        preprocess = Preprocess(
+            resize=declared.get("resize"),
+            crop=declared.get("crop"),
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
+        )
+    except (SpecError, TypeError, ValueError) as exc:
+        raise ModelMismatchError(f"{where}: {exc}") from None
     return Convention(preprocess=preprocess, classes=None if classes is None else tuple(classes), source=source)
 
 
@@ -235,12 +217,37 @@ def with_options(
 
 
 def read_class_names(path: str) -> tuple[str, ...]:
-    """Read class names, one per line in output order (blank lines and ``#`` comments are skipped)."""
+    """Read class names, one per line in output order (blank lines and ``#`` comments are skipped).
+
+    Raises
+    ------
+    InputError
+        If the file is missing, not a regular file, not UTF-8 text, names no class, or names one twice.
+    """
     file = Path(path)
-    if not file.is_file():
+    if not file.exists():
         raise InputError(f"class-names file '{path}' does not exist")
-    names = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
-    return tuple(name for name in names if name and not name.startswith("#"))
+    if not file.is_file():
+        raise InputError(f"class-names file '{path}' is not a regular file")
+    if file.stat().st_size > 2**24:
+        raise InputError(f"class-names file '{path}' is over 16 MB; give one class name per line")
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"class-names file '{path}' is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    names = [(number, line.strip()) for number, line in enumerate(lines, 1)]
+    names = [(number, name) for number, name in names if name and not name.startswith("#")]
+    if not names:
+        raise InputError(f"class-names file '{path}' names no class; give one name per line, in output order")
+    first: dict[str, int] = {}
+    for number, name in names:
+        if name in first:
+            raise InputError(
+                f"class-names file '{path}' names '{name}' twice (lines {first[name]} and {number}); class names "
+                "must be unique"
+            )
+        first[name] = number
+    return tuple(name for _, name in names)
 
 
 def class_name(classes: Sequence[str] | None, index: int) -> str:

@@ -8,6 +8,7 @@ and writes the contact sheet, so the files are the same as those of a single pro
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import traceback
@@ -16,10 +17,8 @@ from typing import Any
 
 import attrs
 
+from zplug.cli._output import NAME_FIELDS  # noqa: F401 - the fields of --name-format, kept importable here
 from zplug.errors import CommandError, ZplugError
-
-#: The fields of ``--name-format``.
-NAME_FIELDS = ("sample", "stem", "label", "pred")
 
 EPILOG = """\
 examples:
@@ -33,7 +32,9 @@ examples:
 
 def add_parser(subparsers) -> None:
     """Register the ``explain`` sub-command."""
+    from zplug.discovery import LAYOUTS
     from zplug.image import RELEVANCE_NORMS
+    from zplug.imagefile import DEFAULT_MAX_PIXELS
 
     parser = subparsers.add_parser(
         "explain",
@@ -48,12 +49,24 @@ def add_parser(subparsers) -> None:
         help="image files, folders of images, or ImageFolder trees (one sub-folder per class: labelled); "
         "with --demo and no INPUT: the bundled sample images",
     )
+    group = parser.add_argument_group("inputs")
+    group.add_argument("--layout", choices=LAYOUTS, default="auto",
+                       help="how a folder is read: auto (default: sub-folders with images and no images beside them "
+                       "make an ImageFolder tree, else a plain folder), imagefolder (sub-folders are classes), or "
+                       "flat (every image below it, unlabelled)")
+    group.add_argument("--skip-bad", action="store_true",
+                       help="skip inputs that cannot be used (unreadable, too large, ...), listing each on stderr")
+    group.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                       help=f"the most pixels of an image, before and after resizing, and of the contact sheet "
+                       f"(default {DEFAULT_MAX_PIXELS:,}); files may have 16 bytes per pixel")
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="NAME",
                        help="a registered model name (zplug plugins) or package.module:factory")
     group.add_argument("--demo", action="store_true", help="the bundled demo model (4 shape classes, 32x32 inputs)")
     group.add_argument("--weights", metavar="FILE", help="a state_dict file for the model (torch.load weights_only)")
     group.add_argument("--class-names", metavar="FILE", help="the model's class names, one per line, in output order")
+    group.add_argument("--output-index", type=int, metavar="N",
+                       help="for a model that returns a tuple or list: the output to explain")
 
     group = parser.add_argument_group("method")
     group.add_argument("--preset", metavar="NAME|FILE", help="an LRP preset (zplug presets) or a TOML file; "
@@ -83,10 +96,14 @@ def add_parser(subparsers) -> None:
     group.add_argument("--std", metavar="R,G,B", help="normalise with this standard deviation (with --mean)")
 
     group = parser.add_argument_group("output")
-    group.add_argument("--out", default="results", metavar="DIR", help="output folder (default: results)")
+    group.add_argument("--out", default="results", metavar="DIR",
+                       help="output folder (default: results); it must be missing or empty, unless --overwrite")
+    group.add_argument("--overwrite", action="store_true",
+                       help="write into a folder that holds files: replace those with this run's names, keep the rest")
     group.add_argument("--name-format", default="{sample:02d}_{stem}", metavar="FORMAT",
-                       help="file name (no extension) of an input's files; fields: {sample} (number), {stem} "
-                       "(file name without extension), {label}, {pred}; default: {sample:02d}_{stem}")
+                       help="file name (no extension) of an input's files, a path inside OUT/heatmaps etc.; fields: "
+                       "{sample} (number), {stem} (file name without extension), {label}, {pred}; default: "
+                       "{sample:02d}_{stem}")
     group.add_argument("--save-inputs", action="store_true", help="also write the (resized, cropped) inputs")
     group.add_argument("--save-relevance", action="store_true", help="also write the raw relevance (.npy)")
     group.add_argument("--sheet-limit", type=int, default=64, metavar="N",
@@ -119,8 +136,18 @@ class Record:
     total: float
 
 
+class _StepFailedError(Exception):
+    """A step failed on some process; the message was printed (on rank 0)."""
+
+
 def run(args) -> int:
-    """Run ``zplug explain``; returns the exit status."""
+    """Run ``zplug explain``; returns the exit status.
+
+    The run goes in steps (checks, reading the inputs, the model's first output, explaining,
+    the summary); after each, the processes of a ``torchrun`` run compare notes, so that an
+    error on any of them stops all of them there, and rank 0 reports it once, saying which
+    files were written before it.
+    """
     from zplug.distributed import context
 
     start = time.perf_counter()
@@ -131,28 +158,65 @@ def run(args) -> int:
             raise CommandError("--device cuda: CUDA is not available here; use --device cpu")
     with context(args.device) as ctx:
         device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.distributed else args.device
-        plan, results, failure = None, ([], [], []), None
+        folder: list = []  # the OutputFolder, once there is one (for the files written before an error)
         try:
-            plan = prepare(args, device)
-            results = work(plan, ctx)
-        except Exception as exc:  # noqa: BLE001 - every process must hear of it before any exits
-            if not ctx.distributed:
-                raise
-            failure = exc
-        gathered = ctx.all_gather((*results, _describe_failure(failure)))
-        failed = [part[3] for part in gathered if part[3] is not None]
-        if failed:
-            # torchrun stops every process once one exits with an error: report first, then leave together
-            if failure is not None and not isinstance(failure, ZplugError):
-                traceback.print_exception(failure)
-            if ctx.is_main:
-                print(f"zplug: error: {failed[0]}", file=sys.stderr, flush=True)
-            ctx.barrier()
+            plan = _step(ctx, folder, lambda: prepare(args, device, ctx.is_main))
+            folder.append(plan.folder)
+            checked = _step(ctx, folder, lambda: check_shard(plan, ctx), share=True)
+            plan = _step(ctx, folder, lambda: settle(plan, [item for part in checked for item in part], ctx))
+            gathered = _step(ctx, folder, lambda: work(plan, ctx), share=True)
+            seconds = time.perf_counter() - start
+            _step(ctx, folder, lambda: finish(plan, gathered, seconds, ctx) if ctx.is_main else None)
+        except _StepFailedError:
             return 2
-        if ctx.is_main:
-            finish(plan, gathered, time.perf_counter() - start, ctx.world_size)
-        ctx.barrier()
+        finally:
+            if folder:
+                folder[0].close()
     return 0
+
+
+def _step(ctx, folder: list, action, share: bool = False) -> Any:
+    """Run ``action`` on every process; raise :class:`_StepFailedError` if it failed on any.
+
+    Returns this process's result, or with ``share`` every process's result (a list by rank).
+
+    In a single process, errors that are no :class:`ZplugError` (bugs) propagate with their
+    traceback, after a line on the files written before them.
+    """
+    value, failure = None, None
+    try:
+        value = action()
+    except KeyboardInterrupt:
+        if folder and folder[0].written:
+            from zplug.cli._output import describe_written
+
+            note = describe_written(folder[0].root, len(folder[0].written), folder[0].written_indices)
+            print(f"zplug: {note.replace(' before it', ' before the interruption')}", file=sys.stderr, flush=True)
+        raise
+    except Exception as exc:  # noqa: BLE001 - every process must hear of it before any exits
+        failure = exc
+    written = (len(folder[0].written), folder[0].written_indices) if folder else (0, [])
+    gathered = ctx.all_gather((value if share else None, _describe_failure(failure), written))
+    failed = [part[1] for part in gathered if part[1] is not None]
+    if not failed:
+        return [part[0] for part in gathered] if share else value
+    count = sum(part[2][0] for part in gathered)
+    indices = sorted(i for part in gathered for i in part[2][1])
+    note = ""
+    if folder:
+        from zplug.cli._output import describe_written
+
+        note = describe_written(folder[0].root, count, indices)
+    if failure is not None and not isinstance(failure, ZplugError):
+        if note:
+            print(f"zplug: {note}", file=sys.stderr, flush=True)
+        if not ctx.distributed:
+            raise failure
+        traceback.print_exception(failure)
+    if ctx.is_main:
+        print(f"zplug: error: {failed[0]}{'; ' + note if note and count else ''}", file=sys.stderr, flush=True)
+    ctx.barrier()
+    raise _StepFailedError
 
 
 def _describe_failure(failure: BaseException | None) -> str | None:
@@ -165,32 +229,38 @@ def _describe_failure(failure: BaseException | None) -> str | None:
 
 @attrs.frozen(kw_only=True)
 class Plan:
-    """Everything checked and built before the first image is read."""
+    """Everything checked and built before the first input is explained.
+
+    ``samples`` holds ``(index, Sample)`` pairs of the inputs to explain (inputs skipped with
+    ``--skip-bad`` keep their numbers, so names do not depend on them).
+    """
 
     args: Any
     samples: list
+    discovery: Any
+    skipped_bad: list = attrs.field(factory=list)
     label_source: str | None
     model: Any
     label: str
     convention: Any
-    mapping: Any
-    attributor: Any
+    names: dict
+    kinds: tuple
+    limits: Any
+    folder: Any
+    bound: Any
+    attributor_params: dict
+    mapping: Any = None
+    attributor: Any = None
     target: Any
     device: str
     out: Path
 
 
-def prepare(args, device: str) -> Plan:
-    """Check the options and build the model, mapping and attributor (the same on every process).
-
-    Everything that can be checked without the model (options, parameters, input paths) is
-    checked first, so that a mistake is reported at once, before torch and the model are loaded.
-    """
-    from zplug.cli._models import Convention, build_model, check_model_options, with_options
-    from zplug.cli.presets import parse_params
+def check_options(args) -> None:
+    """Check the options that need neither the model nor the inputs (one-line errors, before any work)."""
+    from zplug.cli._models import check_model_options
+    from zplug.cli._output import check_format
     from zplug.cmap import get_cmap
-    from zplug.inputs import Preprocess, collect_inputs, label_source
-    from zplug.preset.binding import bind_preset
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1 (got {args.batch_size})")
@@ -198,10 +268,42 @@ def prepare(args, device: str) -> Plan:
         raise CommandError(f"--sheet-limit must be 0 or more (got {args.sheet_limit})")
     for option, value in (("--resize", args.resize), ("--crop", args.crop)):
         if value is not None and value < 0:
-            raise CommandError(f"{option} must be 0 (off) or a number of pixels (got {value})")
+            raise CommandError(f"{option} must be 0 (off) or a positive number of pixels (got {value})")
+    if args.max_pixels < 1:
+        raise CommandError(f"--max-pixels must be at least 1 (got {args.max_pixels})")
+    for option, value in (("--resize", args.resize), ("--crop", args.crop)):
+        if value and value * value > args.max_pixels:
+            raise CommandError(
+                f"{option} {value} makes images of at least {value}x{value} pixels, over the limit of "
+                f"{args.max_pixels:,} pixels; lower {option} or raise --max-pixels"
+            )
+    if not 0 <= args.seed < 2**63 - 2**32:
+        raise CommandError(f"--seed must be between 0 and 2**63 - 2**32 (got {args.seed})")
+    if not math.isfinite(args.level) or args.level <= 0:
+        raise CommandError(f"--level must be a positive number (got {args.level})")
+    if args.output_index is not None and args.output_index < 0:
+        raise CommandError(f"--output-index must be 0 or more (got {args.output_index})")
     check_model_options(args.model, args.demo)
     get_cmap(args.cmap)
-    check_name_format(args.name_format)
+    check_format(args.name_format)
+
+
+def prepare(args, device: str, main: bool = True) -> Plan:
+    """Check the options, find the inputs, check the output folder, build the model, plan the file names.
+
+    The same on every process (only rank 0 checks the folder). Everything that needs no model
+    (options, parameters, input paths, the output folder) is checked before torch and the model
+    are loaded; the names of every file the run will write are checked before any input is read.
+    """
+    from zplug.cli._models import Convention, build_model, with_options
+    from zplug.cli._output import KINDS, SHEET, OutputFolder, check_paths, files_of, plan_names
+    from zplug.cli.presets import parse_params
+    from zplug.discovery import discover
+    from zplug.imagefile import Limits
+    from zplug.inputs import Preprocess
+    from zplug.preset.binding import bind_preset
+
+    check_options(args)
     attributor_params = parse_params(args.attributor_param)
     bound = bind_preset(args.preset, parse_params(args.param), attributor=args.attributor)
     options = {"resize": args.resize, "crop": args.crop, "normalize": args.normalize, "mean": args.mean,
@@ -214,52 +316,160 @@ def prepare(args, device: str) -> Plan:
         from zplug.demo.samples import samples_dir
 
         paths = [str(samples_dir())]
-    samples = collect_inputs(paths)
+    discovery = discover(paths, args.layout)
+    folder = OutputFolder(Path(args.out), args.overwrite)
+    if main:
+        folder.check()
     loaded = build_model(args.model, args.demo, args.weights)
     convention = with_options(loaded.convention, **options)
-    if convention.classes is not None and any(sample.label is not None for sample in samples):
-        samples = collect_inputs(paths, convention.classes)  # ImageFolder labels follow the class names
-    check_unique_names(args.name_format, samples)
+    samples = discovery.samples(convention.classes)
+    kinds = tuple(kind for kind, wanted in zip(KINDS, (True, args.save_inputs, args.save_relevance)) if wanted)
+    names = plan_names(args.name_format, samples, convention.classes)
+    planned = [path for index in names for path in files_of(names[index], kinds)]
+    if args.sheet_limit:
+        planned.append(SHEET)
+    check_paths(planned)
+    if main:
+        folder.check_targets(planned)
     target = parse_target(args.target, convention.classes, samples)
-    model = loaded.module.to(device)
-    attributor, mapping = build_method(args, model, convention, device, bound, attributor_params)
     return Plan(
-        args=args, samples=samples, label_source=label_source(paths, convention.classes), model=model,
-        convention=convention, label=loaded.label, mapping=mapping,
-        attributor=attributor, target=target, device=device, out=Path(args.out),
+        args=args, samples=list(enumerate(samples)), discovery=discovery,
+        label_source=discovery.label_source(convention.classes), model=loaded.module.to(device),
+        convention=convention, label=loaded.label, names=names, kinds=kinds, limits=Limits(args.max_pixels),
+        folder=folder, target=target, device=device, out=Path(args.out), bound=bound,
+        attributor_params=attributor_params,
     )
 
 
-def check_name_format(fmt: str) -> None:
-    """Check that ``fmt`` formats with the fields of :data:`NAME_FIELDS` only."""
-    try:
-        fmt.format(sample=0, stem="stem", label="label", pred="pred")
-    except KeyError as exc:
-        raise CommandError(
-            f"--name-format {fmt!r}: unknown field {{{exc.args[0]}}} (fields: {', '.join(NAME_FIELDS)})"
-        ) from None
-    except (IndexError, ValueError) as exc:
-        raise CommandError(f"--name-format {fmt!r}: {exc} (fields: {', '.join(NAME_FIELDS)})") from None
+def check_shard(plan: Plan, ctx) -> list[tuple[int, str | None, tuple | None]]:
+    """Decode this process's share of the inputs (every ``world_size``-th); return ``(index, problem, shape)``."""
+    from zplug.inputs import InputError
+
+    pre = plan.convention.preprocess
+    results = []
+    for position in ctx.mine(len(plan.samples)):
+        index, sample = plan.samples[position]
+        try:
+            results.append((index, None, pre.check(sample.path, plan.limits)))
+        except InputError as exc:
+            results.append((index, str(exc), None))
+    return results
 
 
-def format_name(fmt: str, index: int, sample: Any, pred_name: str = "") -> str:
-    """Return the file name (without extension) of input number ``index``."""
-    return fmt.format(sample=index, stem=sample.path.stem, label=sample.label_name or "", pred=pred_name)
+def settle(plan: Plan, checked: list, ctx) -> Plan:
+    """Drop or refuse unusable inputs, check batch sizes and the sheet, run the model once, build the method."""
+    from zplug.inputs import InputError
+
+    args = plan.args
+    checked = sorted(checked)
+    bad = [(index, problem) for index, problem, _ in checked if problem is not None]
+    shapes = {index: shape for index, _, shape in checked if shape is not None}
+    if bad and not args.skip_bad:
+        good = len(plan.samples) - len(bad)
+        others = f"; give --skip-bad to explain the other {good} input{'s' if good != 1 else ''}" if good else ""
+        if len(bad) == 1:
+            raise InputError(f"{bad[0][1]}{others}")
+        if ctx.is_main:
+            for _, problem in bad:
+                print(f"zplug: {problem}", file=sys.stderr)
+        raise InputError(f"{len(bad)} of {len(plan.samples)} inputs cannot be used (listed above){others}")
+    if bad and ctx.is_main:
+        for _, problem in bad:
+            print(f"zplug: skipped: {problem}", file=sys.stderr)
+    samples = [(index, sample) for index, sample in plan.samples if index in shapes]
+    if not samples:
+        raise InputError(f"none of the {len(plan.samples)} inputs can be used (listed above)")
+    check_batches(samples, shapes, args.batch_size)
+    check_sheet(samples, shapes, args.sheet_limit, plan.limits.max_pixels)
+    plan = attrs.evolve(plan, samples=samples, skipped_bad=[index for index, _ in bad])
+    outputs = check_output(plan)
+    target = plan.target
+    if isinstance(target, int) and target >= outputs:
+        raise CommandError(f"--target {target}: model '{plan.label}' has {outputs} outputs (0 to {outputs - 1})")
+    attributor, mapping = build_method(args, plan.model, plan.convention, plan.device, plan.bound,
+                                       plan.attributor_params)
+    return attrs.evolve(plan, attributor=attributor, mapping=mapping)
 
 
-def check_unique_names(fmt: str, samples: list) -> None:
-    """Reject a name format that gives two inputs the same files (when it does not use ``{pred}``)."""
-    if "{pred" in fmt:
+def check_batches(samples: list, shapes: dict, batch_size: int) -> None:
+    """Raise :class:`InputError` if the images of one batch would differ in size."""
+    from zplug.inputs import InputError
+
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        first_index, first = batch[0]
+        for index, sample in batch[1:]:
+            if shapes[index] != shapes[first_index]:
+                (_, h, w), (_, h0, w0) = shapes[index], shapes[first_index]
+                raise InputError(
+                    f"image '{sample.path}' is {w}x{h} but '{first.path}' is {w0}x{h0}; images in a batch need one "
+                    "size: set --resize and --crop, or --batch-size 1"
+                )
+
+
+def check_sheet(samples: list, shapes: dict, sheet_limit: int, max_pixels: int) -> None:
+    """Raise :class:`CommandError` if the contact sheet would be over ``max_pixels``."""
+    count = min(sheet_limit, len(samples))
+    if not count:
         return
-    seen: dict[str, Any] = {}
-    for index, sample in enumerate(samples):
-        name = format_name(fmt, index, sample)
-        if name in seen:
-            raise CommandError(
-                f"--name-format {fmt!r} gives '{seen[name].path}' and '{sample.path}' the same name '{name}'; "
-                "add {sample} to it"
-            )
-        seen[name] = sample
+    height = max(shapes[index][1] for index, _ in samples[:count])
+    width = max(shapes[index][2] for index, _ in samples[:count])
+    scale = max(1, 128 // max(height, width))
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    sheet_w, sheet_h = columns * (2 * width * scale + 8), rows * (height * scale + 4)
+    if sheet_w * sheet_h > max_pixels:
+        raise CommandError(
+            f"--sheet-limit {sheet_limit}: the contact sheet of {count} inputs of {width}x{height} would be about "
+            f"{sheet_w}x{sheet_h} pixels, over the limit of {max_pixels:,}; lower --sheet-limit (0: no sheet) or "
+            "raise --max-pixels"
+        )
+
+
+def check_output(plan: Plan) -> int:
+    """Run the model on the first input; check its output and the class names; return the number of outputs."""
+    import torch
+
+    from zplug.attributors.base import select_output
+    from zplug.errors import ModelMismatchError
+
+    args = plan.args
+    index, sample = plan.samples[0]
+    pre = plan.convention.preprocess
+    x = pre.normalize(torch.from_numpy(pre.load(sample.path, plan.limits)[None])).to(plan.device)
+    try:
+        with torch.no_grad():
+            output = plan.model(x)
+    except Exception as exc:  # noqa: BLE001 - any failure of the model's forward pass on our input
+        from zplug.cli._weights import first_sentence
+
+        raise ModelMismatchError(
+            f"model '{plan.label}' fails on input '{sample.path}' (shape {tuple(x.shape)} after preprocessing: "
+            f"{pre.describe()}): {type(exc).__name__}: {first_sentence(str(exc))}; check --resize and --crop"
+        ) from None
+    if isinstance(output, (tuple, list)) and args.output_index is None:
+        raise ModelMismatchError(
+            f"model '{plan.label}' returns a {type(output).__name__} of {len(output)} outputs; choose the one to "
+            f"explain with --output-index (0 to {len(output) - 1})"
+        )
+    try:
+        output = select_output(output, args.output_index)
+    except ModelMismatchError as exc:
+        raise ModelMismatchError(str(exc).replace("output_index=", "--output-index ")) from None
+    if output.ndim != 2 or output.shape[0] != 1:
+        raise ModelMismatchError(
+            f"zplug explain needs a classifier with outputs of shape (batch, classes); model '{plan.label}' returned "
+            f"shape {tuple(output.shape)} for one input"
+        )
+    outputs = int(output.shape[1])
+    classes = plan.convention.classes
+    if classes is not None and len(classes) != outputs:
+        source = f"--class-names '{args.class_names}'" if args.class_names else f"the class names of {plan.label}"
+        raise CommandError(
+            f"{source} has {len(classes)} names but model '{plan.label}' has {outputs} outputs; give one name per "
+            "output, in output order"
+        )
+    return outputs
 
 
 def parse_target(text: str, classes, samples: list) -> Any:
@@ -316,8 +526,12 @@ def build_method(args, model, convention, device: str, bound, attributor_params:
     return attributor, mapping
 
 
-def work(plan: Plan, ctx) -> tuple[list[Record], list, list]:
-    """Explain this process's batches and write their files; return records, sheet cells and ledgers."""
+def work(plan: Plan, ctx) -> tuple[list[Record], list, list, int, list[str]]:
+    """Explain this process's batches and write their files.
+
+    Returns records, sheet cells, ledgers, and how many files replaced older ones and which
+    were written (so that rank 0 can account for every process's files).
+    """
     from zplug.cli._progress import ProgressBar
 
     args = plan.args
@@ -338,20 +552,24 @@ def work(plan: Plan, ctx) -> tuple[list[Record], list, list]:
             records += new_records
             sheet += new_sheet
             if ledger is not None:
-                ledgers.append((number, first, first + len(batches[number]) - 1, ledger))
+                ledgers.append((number, batches[number][0][0], batches[number][-1][0], ledger))
             bar.update(len(batches[number]))
     finally:
         bar.close()
-    return records, sheet, ledgers
+    return records, sheet, ledgers, plan.folder.replaced, list(plan.folder.written)
 
 
-def explain_batch(plan: Plan, number: int, first: int, samples: list):
-    """Explain one batch; write its heatmaps (and inputs, relevance); return records, sheet cells, ledger."""
+def explain_batch(plan: Plan, number: int, first: int, batch: list):
+    """Explain one batch; write its heatmaps (and inputs, relevance); return records, sheet cells, ledger.
+
+    ``first`` is the batch's position in the inputs to explain (the contact sheet shows the first
+    ``--sheet-limit`` of them); each input's files take the name planned for its index.
+    """
     import numpy as np
     import torch
 
     from zplug.cli._models import class_name
-    from zplug.errors import ModelMismatchError
+    from zplug.cli._output import files_of, format_name, uses_pred
     from zplug.explanation import explain
     from zplug.image import heatmaps
     from zplug.inputs import load_batch
@@ -359,7 +577,8 @@ def explain_batch(plan: Plan, number: int, first: int, samples: list):
     args = plan.args
     pre = plan.convention.preprocess
     classes = plan.convention.classes
-    images = load_batch(samples, pre)
+    samples = [sample for _, sample in batch]
+    images = load_batch(samples, pre, plan.limits)
     x = pre.normalize(torch.from_numpy(images)).to(plan.device)
     target = plan.target
     if target == "pred":
@@ -367,36 +586,48 @@ def explain_batch(plan: Plan, number: int, first: int, samples: list):
     elif target == "label":
         target = [sample.label for sample in samples]
     torch.manual_seed(args.seed + number)
-    result = explain(plan.model, x, target, attributor=plan.attributor, mapping=plan.mapping, ledger=args.ledger)
-    if result.output.ndim != 2:
-        raise ModelMismatchError(
-            f"zplug explain needs a classifier with outputs of shape (batch, classes); "
-            f"model '{plan.label}' returned shape {tuple(result.output.shape)}"
-        )
+    try:
+        result = explain(plan.model, x, target, attributor=plan.attributor, mapping=plan.mapping, ledger=args.ledger,
+                         output_index=args.output_index)
+    except (torch.OutOfMemoryError, MemoryError):
+        raise CommandError(
+            f"out of memory while explaining inputs {batch[0][0]}-{batch[-1][0]}; lower --batch-size or the image "
+            "size (--resize, --crop)"
+        ) from None
     preds = result.output.argmax(1).tolist()
     relevance = result.relevance.detach().float().cpu().numpy()
     maps = heatmaps(relevance, args.relevance_norm, args.cmap, args.level)
     pixels = np.round(np.clip(images, 0.0, 1.0) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     records, cells = [], []
-    for offset, sample in enumerate(samples):
-        index = first + offset
+    for offset, (index, sample) in enumerate(batch):
         pred_name = class_name(classes, preds[offset])
-        name = format_name(args.name_format, index, sample, pred_name)
-        write(plan.out / "heatmaps" / f"{name}.png", maps[offset].save)
-        if args.save_inputs:
-            from PIL import Image
-
-            write(plan.out / "inputs" / f"{name}.png", Image.fromarray(pixels[offset]).save)
-        if args.save_relevance:
-            write(plan.out / "relevance" / f"{name}.npy", lambda path, r=relevance[offset]: np.save(path, r))
+        name = plan.names[index]
+        if uses_pred(args.name_format):  # checked for every class name before the run
+            name = format_name(args.name_format, index, sample, pred_name)
+        for kind, path in zip(plan.kinds, files_of(name, plan.kinds)):
+            plan.folder.write(path, _saver(kind, maps[offset], pixels[offset], relevance[offset]))
+        plan.folder.written_indices.append(index)
         records.append(Record(
             index=index, name=name, path=str(sample.path), label=sample.label, label_name=sample.label_name,
             pred=preds[offset], pred_name=pred_name, total=float(relevance[offset].sum()),
         ))
-        if index < args.sheet_limit:
+        if first + offset < args.sheet_limit:
             cells.append((index, pixels[offset], maps[offset], caption(sample, pred_name, classes)))
     ledger = None if result.ledger is None else str(result.ledger)
     return records, cells, ledger
+
+
+def _saver(kind: str, heatmap, pixels, relevance):
+    """Return ``save(binary_file)`` for one input's file of ``kind``."""
+    import numpy as np
+
+    if kind == "heatmaps":
+        return lambda file: heatmap.save(file, format="PNG")
+    if kind == "inputs":
+        from PIL import Image
+
+        return lambda file: Image.fromarray(pixels).save(file, format="PNG")
+    return lambda file: np.save(file, relevance)
 
 
 def caption(sample: Any, pred_name: str, classes) -> str:
@@ -409,50 +640,66 @@ def caption(sample: Any, pred_name: str, classes) -> str:
     return f"{label} / pred. {pred_name}"
 
 
-def write(path: Path, save) -> None:
-    """Create the parent folders of ``path`` and call ``save(path)``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(path)
+def finish(plan: Plan, gathered: list, seconds: float, ctx) -> None:
+    """On rank 0: check the names, write the contact sheet and print the summary (and ledgers)."""
+    from zplug.cli._output import SHEET
 
-
-def finish(plan: Plan, gathered: list, seconds: float, world_size: int) -> None:
-    """On rank 0: write the contact sheet and print the summary (and ledgers)."""
     args = plan.args
     records = sorted((r for part in gathered for r in part[0]), key=lambda r: r.index)
     cells = sorted((c for part in gathered for c in part[1]), key=lambda c: c[0])
     ledgers = sorted((entry for part in gathered for entry in part[2]), key=lambda e: e[0])
-    if len(records) != len(plan.samples) or [r.index for r in records] != list(range(len(plan.samples))):
+    if [r.index for r in records] != [index for index, _ in plan.samples]:
         raise ZplugError(f"internal error: {len(records)} of {len(plan.samples)} inputs were explained")
+    names: dict[str, Record] = {}
+    for record in records:  # with {pred}, processes cannot see each other's names before they write
+        if record.name in names:
+            raise CommandError(
+                f"--name-format {args.name_format!r} gave '{names[record.name].path}' and '{record.path}' the same "
+                f"name '{record.name}' (the second replaced the first's files); add {{sample}} to it"
+            )
+        names[record.name] = record
     for _, first, last, text in ledgers:
         print(f"conservation ledger, inputs {first}-{last}:\n{text}\n")
     if args.verbose:
         width = max(len(r.path) for r in records)
-        names = max(len(r.label_name or "-") for r in records), max(len(r.pred_name) for r in records)
+        widths = max(len(r.label_name or "-") for r in records), max(len(r.pred_name) for r in records)
         for r in records:
             print(
-                f"{r.index:4d}  {r.path:<{width}}  label {r.label_name or '-':<{names[0]}}  "
-                f"pred {r.pred_name:<{names[1]}}  relevance sum {r.total:.4g}"
+                f"{r.index:4d}  {r.path:<{width}}  label {r.label_name or '-':<{widths[0]}}  "
+                f"pred {r.pred_name:<{widths[1]}}  relevance sum {r.total:.4g}"
             )
     sheet_path = None
     if cells:
-        sheet_path = plan.out / "contact_sheet.png"
-        write(sheet_path, contact_sheet_of(cells).save)
-    print(summary(plan, records, sheet_path, len(cells), seconds, world_size))
+        sheet = contact_sheet_of(cells)
+        plan.folder.write(SHEET, lambda file: sheet.save(file, format="PNG"))
+        sheet_path = plan.out / SHEET
+    replaced = plan.folder.replaced + sum(part[3] for part in gathered[1:])  # rank 0's count includes the sheet
+    written = {path for part in gathered for path in part[4]} | set(plan.folder.written)
+    overwritten = (replaced, len(plan.folder.before - written)) if plan.folder.before else None
+    print(summary(plan, records, sheet_path, len(cells), seconds, ctx.world_size, overwritten))
 
 
 def contact_sheet_of(cells: list):
-    """Lay out the inputs and heatmaps of ``cells`` ``(index, pixels, heatmap, caption)`` on one sheet."""
+    """Lay out the inputs and heatmaps of ``cells`` ``(index, pixels, heatmap, caption)`` on one sheet.
+
+    Inputs of different sizes (``--batch-size 1`` without a crop) are padded with white to the largest.
+    """
     import numpy as np
 
     from zplug.image import contact_sheet
 
-    pixels = np.stack([c[1] for c in cells])
-    scale = max(1, 128 // max(pixels.shape[1], pixels.shape[2]))
+    height = max(c[1].shape[0] for c in cells)
+    width = max(c[1].shape[1] for c in cells)
+    pixels = np.full((len(cells), height, width, 3), 255, dtype=np.uint8)
+    for slot, cell in enumerate(cells):
+        pixels[slot, : cell[1].shape[0], : cell[1].shape[1]] = cell[1]
+    scale = max(1, 128 // max(height, width))
     return contact_sheet(pixels, [c[2] for c in cells], [c[3] for c in cells], scale=scale)
 
 
-def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: float, world_size: int) -> str:
-    """Return the lines printed at the end of a run."""
+def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: float, world_size: int,
+            overwritten: tuple[int, int] | None = None) -> str:
+    """Return the lines printed at the end of a run (``overwritten``: files replaced, and older files left)."""
     args = plan.args
     method = f"preset {args.preset}" if args.preset else "no preset"
     if not args.preset and plan.attributor.uses_gradient:
@@ -461,10 +708,17 @@ def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: 
         method += f" (unused: {plan.attributor.name} uses no gradients)"
     lines = [
         f"explained {len(records)} input{'s' if len(records) != 1 else ''}, target {args.target}",
-        f"model: {plan.label} ({plan.convention.source})",
+        f"model: {plan.label} ({plan.convention.source}), eval mode",
         f"method: {method}, attributor {repr(plan.attributor)}",
         f"preprocessing: {plan.convention.preprocess.describe()}",
     ]
+    skipped = plan.discovery.skipped.describe()
+    if plan.skipped_bad:
+        bad = f"{len(plan.skipped_bad)} unusable input{'s' if len(plan.skipped_bad) != 1 else ''} (--skip-bad; " \
+              "listed on stderr)"
+        skipped = f"{bad}, {skipped}" if skipped else bad
+    if skipped:
+        lines.append(f"skipped: {skipped}")
     labelled = [r for r in records if r.label is not None]
     if labelled:
         right = sum(r.pred == r.label for r in labelled)
@@ -472,7 +726,7 @@ def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: 
             f"accuracy: {right}/{len(labelled)} = {100 * right / len(labelled):.1f}% "
             f"(labels: ImageFolder sub-folders, indexed by {plan.label_source})"
         )
-    lines.append(f"heatmaps: {plan.out / 'heatmaps'}{'/'} ({len(records)} files)")
+    lines.append(f"heatmaps: {plan.out / 'heatmaps'}/ ({len(records)} file{'s' if len(records) != 1 else ''})")
     if args.save_inputs:
         lines.append(f"inputs: {plan.out / 'inputs'}/")
     if args.save_relevance:
@@ -480,12 +734,19 @@ def summary(plan: Plan, records: list[Record], sheet_path, shown: int, seconds: 
     if sheet_path is not None:
         more = f", the first {shown} of {len(records)} inputs" if shown < len(records) else ""
         lines.append(f"contact sheet: {sheet_path}{more}")
+    if overwritten is not None:
+        replaced, left = overwritten
+        lines.append(
+            f"--overwrite: {replaced} file{'s' if replaced != 1 else ''} replaced; {left} "
+            f"other file{'s' if left != 1 else ''} in {plan.out}/ from before left as "
+            f"{'they were' if left != 1 else 'it was'}"
+        )
     processes = f" on {world_size} processes" if world_size > 1 else ""
     lines.append(f"time: {seconds:.1f} s{processes}")
     return "\n".join(lines)
 
 
-__all__ = ("EPILOG", "NAME_FIELDS", "CommandError", "add_parser", "run")
+__all__ = ("EPILOG", "CommandError", "add_parser", "run")
 
 if __name__ == "__main__":  # pragma: no cover
     from zplug.cli import main

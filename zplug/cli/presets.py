@@ -86,8 +86,6 @@ def parse_params(items: list[str]) -> dict[str, Any]:
 
 def load_model(spec: str):
     """Build the model named by ``spec``: a registered model name, or ``package.module:factory``."""
-    import importlib
-
     import torch
 
     from zplug.registry import default_registry
@@ -99,8 +97,10 @@ def load_model(spec: str):
         if ":" not in spec:
             raise UnknownNameError(f"{exc}; or give a factory as package.module:function") from None
         module_name, _, attr = spec.partition(":")
+        from zplug.cli._imports import import_from_cwd
+
         try:
-            factory: Any = importlib.import_module(module_name)
+            factory: Any = import_from_cwd(module_name)
         except ImportError as err:
             raise ModelMismatchError(f"cannot import '{module_name}' for model '{spec}': {err}") from None
         for part in attr.split("."):
