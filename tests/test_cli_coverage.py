@@ -127,6 +127,7 @@ def test_explain_warns_once_and_strict_exits_2(models, capsys, tmp_path):
             "--batch-size", "2", "--sheet-limit", "0", "--out", str(tmp_path / "out")]
     assert main(args) == 0
     assert capsys.readouterr().err.splitlines() == GATE_WARNINGS  # once, not once per batch
+    args[-1] = str(tmp_path / "strict")  # a second run may not write into the first run's folder
     assert main([*args, "--strict"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("zplug: error: preset 'epsilon_plus' does not cover 2 operation(s) of Gated: ")
