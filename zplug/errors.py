@@ -107,6 +107,18 @@ class OutputError(CommandError):
     """``zplug explain`` cannot write its files: ``--out`` or a name from ``--name-format`` cannot be used."""
 
 
+class PlotUnavailableError(ZplugError):
+    """Curve plots need matplotlib (the ``plot`` extra), which is not installed."""
+
+
+class TrialLogError(ZplugError):
+    """A tuning trial log cannot be read, or was written for another configuration."""
+
+
+class OutputExistsError(ZplugError):
+    """An output file exists and ``overwrite`` was not given."""
+
+
 class DistributedError(ZplugError):
     """The process group could not be set up (e.g. ``--device cuda`` on a rank without a GPU)."""
 
@@ -141,10 +153,13 @@ __all__ = (
     "ModelMismatchError",
     "NotTraceableError",
     "OutputError",
+    "OutputExistsError",
     "PluginConflictError",
+    "PlotUnavailableError",
     "PluginLoadError",
     "RelevanceError",
     "SpecError",
+    "TrialLogError",
     "UnknownNameError",
     "ZplugError",
     "format_keypath",

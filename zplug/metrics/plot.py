@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from zplug.errors import ZplugError
+from zplug.errors import PlotUnavailableError
 from zplug.metrics.records import MetricResult
 
 _STYLES = {"morf": "-", "lerf": "--"}
-
-
-class PlotUnavailableError(ZplugError):
-    """matplotlib is not installed."""
 
 
 def have_matplotlib() -> bool:

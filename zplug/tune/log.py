@@ -15,13 +15,9 @@ from typing import Any
 
 import attrs
 
-from zplug.errors import ZplugError
+from zplug.errors import TrialLogError
 
 FORMAT = 1
-
-
-class TrialLogError(ZplugError):
-    """A trial log cannot be read, or was written for another configuration."""
 
 
 @attrs.frozen(kw_only=True)

@@ -6,11 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from zplug.errors import ZplugError
-
-
-class OutputExistsError(ZplugError):
-    """An output file exists and ``overwrite`` was not given."""
+from zplug.errors import OutputExistsError
 
 
 def toml_value(value: Any) -> str:
