@@ -41,6 +41,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CASES = ("demo:16:region", "demo:16:pixels", "demo:1:region", "resnet18:16:region", "resnet18:16:pixels",
                  "resnet18:1:region")
+NOTES = """\
+Both libraries make the same forward passes, one per perturbed input (the last column is the largest
+difference between their curves: float32 round-off), so on a CPU the difference lies in how the passes are
+grouped. Quantus scores one step of the batch per forward call; zplug up to `batch_size` (64) perturbed
+inputs of any samples and steps per call. With one thread a forward pass costs about the same per image at
+any batch size, and the ratio is near 1 for batches of 16 images; single images gain from fewer calls and
+from less work between them. With two threads, small calls wait for both threads at every operation, which
+on a busy machine (see the load average) costs far more than the arithmetic; fewer, larger calls avoid
+most of it. See docs/evaluation.md (Speed and memory) for a reading of these numbers."""
 BEGIN = "<!-- evaluation benchmarks: written by benchmarks/evaluate.py -->"
 END = "<!-- end of evaluation benchmarks -->"
 
@@ -136,7 +145,7 @@ def render(results: list[dict], meta: dict) -> str:
             f"| {model_name}, batch {batch} | {label} | {res['threads']} | {_fmt(zplug_time)} | {_fmt(quantus_time)} | "
             f"**{quantus_time / zplug_time:.1f}** | {res['difference']:.1e} |"
         )
-    lines += ["", END]
+    lines += ["", NOTES, "", END]
     return "\n".join(lines)
 
 
