@@ -310,18 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.out == "-":
         print(text)
     else:
-        Path(args.out).write_text(text + _notes() + _kept_sections(Path(args.out)))
+        Path(args.out).write_text(text + _notes())
         print(f"wrote {args.out}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
-
-
-def _kept_sections(path: Path) -> str:
-    """Sections other scripts maintain in the same file (benchmarks/evaluate.py's), kept as they are."""
-    marker = "<!-- evaluation benchmarks: written by benchmarks/evaluate.py -->"
-    text = path.read_text() if path.exists() else ""
-    return "\n" + marker + text.split(marker, 1)[1] if marker in text else ""
 
 
 def _meta(args: argparse.Namespace) -> dict:
@@ -352,7 +345,7 @@ def _cpu_name() -> str:
 
 def _notes() -> str:
     path = ROOT / "benchmarks" / "NOTES.md"
-    return ("\n" + path.read_text() if path.exists() else "") + _startup_section()
+    return ("\n" + path.read_text() if path.exists() else "") + _startup_section() + _evaluation_section()
 
 
 def _startup_section() -> str:
@@ -360,6 +353,17 @@ def _startup_section() -> str:
     from startup import BEGIN, DOC, END
 
     text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
+    if BEGIN not in text or END not in text:
+        return ""
+    return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+
+
+def _evaluation_section() -> str:
+    """The evaluation section that ``benchmarks/evaluate.py`` wrote into docs/benchmarks.md, kept as it is."""
+    from evaluate import BEGIN, END
+
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
     if BEGIN not in text or END not in text:
         return ""
     return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
