@@ -15,6 +15,8 @@ on); CP-LRP hands all relevance to it.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -103,4 +105,78 @@ class Normalize(torch.nn.Module):
         return f"p={self.p}, dim={self.dim}, eps={self.eps}"
 
 
-__all__ = ("MatMul", "Mul", "Normalize")
+class ScaledDotProductAttention(torch.nn.Module):
+    """``F.scaled_dot_product_attention`` written with modules: ``softmax(scale q k^T + mask) v``.
+
+    Children: ``scores`` (:class:`MatMul` with the scale), ``bias`` (a ``Sum`` for a finite
+    additive mask, such as a relative-position bias), ``softmax`` (``torch.nn.Softmax(-1)``) and
+    ``context`` (:class:`MatMul` with ``value=1``). Boolean masks, ``-inf`` entries and
+    ``is_causal`` become ``masked_fill(-inf)``, which passes no relevance to masked positions.
+    The arguments are those of :func:`torch.nn.functional.scaled_dot_product_attention`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from zplug.layers import Sum
+
+        self.scores = MatMul()
+        self.bias = Sum()
+        self.softmax = torch.nn.Softmax(dim=-1)
+        self.context = MatMul(value=1)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor:
+        """Return the attention output (as the function does)."""
+        return self.attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the attention output and the attention weights (after dropout)."""
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            repeats = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(repeats, dim=-3)
+            value = value.repeat_interleave(repeats, dim=-3)
+        # The scale is a property of the call (it depends on the head size): the scores module
+        # holds it so that its rule sees the product it computed.
+        self.scores.scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+        scores = self.scores(query, key.transpose(-2, -1))
+        masked = None
+        if is_causal:
+            length, source = query.shape[-2], key.shape[-2]
+            masked = ~torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                blocked = ~attn_mask
+            else:
+                blocked = attn_mask == float("-inf")
+                finite = attn_mask.masked_fill(blocked, 0.0)
+                if bool(finite.ne(0).any()):
+                    scores = self.bias(scores, finite.to(scores.dtype))
+            masked = blocked if masked is None else masked | blocked
+        if masked is not None:
+            scores = scores.masked_fill(masked, float("-inf"))
+        weights = self.softmax(scores)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p, training=True)
+        return self.context(weights, value), weights
+
+
+__all__ = ("MatMul", "Mul", "Normalize", "ScaledDotProductAttention")

@@ -37,6 +37,6 @@ class Sum(torch.nn.Module):
 
 
 # Modules for transformers' functional operations live in their own module; re-exported here.
-from zplug.functional_layers import MatMul, Mul, Normalize  # noqa: E402
+from zplug.functional_layers import MatMul, Mul, Normalize, ScaledDotProductAttention  # noqa: E402
 
-__all__ = ("MatMul", "Mul", "Normalize", "Sum")
+__all__ = ("MatMul", "Mul", "Normalize", "ScaledDotProductAttention", "Sum")
