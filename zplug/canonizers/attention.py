@@ -163,6 +163,20 @@ class _OwnForwardTracer(torch.fx.Tracer):
         return True
 
 
+def _trace_own(module: torch.nn.Module) -> tuple[torch.fx.Graph, dict[str, Any]]:
+    """Trace ``module``'s own forward; return the graph and the tensor constants fx recorded.
+
+    fx stores tensors created in the forward as attributes ``_tensor_constant<N>`` of the traced
+    module; they are taken off the module again (it must come back as it was) and returned.
+    """
+    before = set(module.__dict__)
+    try:
+        graph = _OwnForwardTracer().trace(module)
+    finally:
+        added = {key: module.__dict__.pop(key) for key in set(module.__dict__) - before}
+    return graph, added
+
+
 _MATMUL_FUNCTIONS = (torch.matmul, operator.matmul, torch.bmm)
 _MATMUL_METHODS = ("matmul", "bmm", "__matmul__")
 _SOFTMAX_FUNCTIONS = (F.softmax, torch.softmax)
@@ -186,6 +200,8 @@ def _is_number(value: Any) -> bool:
         return True
     if not isinstance(value, torch.fx.Node):
         return False
+    if value.op == "placeholder":  # an argument annotated as a number (``p: int``)
+        return value.type in (int, float)
     if value.op == "call_function" and (getattr(value.target, "__module__", None) == "math"
                                         or value.target in _ARITHMETIC):
         return all(_is_number(a) or _non_tensor(a) for a in value.args) and not value.kwargs
@@ -341,7 +357,7 @@ def functional_rewrites(model: torch.nn.Module, canonizer: str) -> tuple[list[Re
     plan, untraceable = [], []
     for name, module in _candidates(model):
         try:
-            graph = _OwnForwardTracer().trace(module)
+            graph, constants = _trace_own(module)
         except Exception as exc:  # fx raises many kinds of errors; all mean "cannot trace"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             untraceable.append(f"{name or '<model>'} ({type(module).__name__}): not traceable ({first[:120]})")
@@ -350,7 +366,7 @@ def functional_rewrites(model: torch.nn.Module, canonizer: str) -> tuple[list[Re
         if not builder.rewrite():
             continue
         builder.graph.lint()
-        root = {**_attributes(module, builder.graph), **builder.children}
+        root = {**_attributes(module, builder.graph), **constants, **builder.children}
         compiled = torch.fx.GraphModule(root, builder.graph, class_name=f"{type(module).__name__}Functional")
         plan.append(Rewrite(name=name, module=module, forward=compiled.forward, children=builder.children,
                             what=builder.summary()))
@@ -410,7 +426,7 @@ def has_attention(model: torch.nn.Module) -> list[str]:
     found = [name for name, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
     for name, module in _candidates(model):
         try:
-            graph = _OwnForwardTracer().trace(module)
+            graph, _ = _trace_own(module)
         except Exception:  # noqa: BLE001 -- untraceable modules are simply not suggested for
             continue
         if any(_is_matmul(n) or _softmax_dim(n) is not None or n.target is F.scaled_dot_product_attention

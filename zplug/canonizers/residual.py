@@ -143,7 +143,10 @@ class ResidualSum(Canonizer):
                 node.replace_all_uses_with(call)
                 graph.erase_node(node)
             graph.lint()
-            module = torch.fx.GraphModule(model, graph, class_name=f"{type(model).__name__}ResidualSum")
+            with patching() as constants_on_model:  # the graph module copies them; the model keeps none
+                for key, value in constants(traced).items():
+                    constants_on_model.attribute(model, key, value)
+                module = torch.fx.GraphModule(model, graph, class_name=f"{type(model).__name__}ResidualSum")
             stack.attribute(model, "forward", module.forward)
             yield model
 
