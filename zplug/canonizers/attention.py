@@ -132,7 +132,6 @@ class MultiheadAttentionCanonizer(ForwardRewrite):
 
     name: ClassVar[str] = "multihead_attention"
     summary: ClassVar[str] = "torch.nn.MultiheadAttention as q/k/v projections, MatMul, Softmax, MatMul, out_proj"
-    TARGET: ClassVar[type] = torch.nn.MultiheadAttention
 
     def rewrites(self, model: torch.nn.Module) -> list[Rewrite]:
         """One rewrite per ``MultiheadAttention`` (exact class forward)."""
@@ -352,7 +351,7 @@ def _candidates(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     return out
 
 
-def functional_rewrites(model: torch.nn.Module, canonizer: str) -> tuple[list[Rewrite], list[str]]:
+def functional_rewrites(model: torch.nn.Module) -> tuple[list[Rewrite], list[str]]:
     """The ``functional_ops`` rewrites of ``model`` and the modules that could not be traced."""
     plan, untraceable = [], []
     for name, module in _candidates(model):
@@ -413,11 +412,11 @@ class FunctionalOps(ForwardRewrite):
 
     def rewrites(self, model: torch.nn.Module) -> list[Rewrite]:
         """One rewrite per module with functional operations to route."""
-        return functional_rewrites(model, self.name)[0]
+        return functional_rewrites(model)[0]
 
     def describe(self, model: torch.nn.Module) -> list[str]:
         """One line per rewritten module, and one per module that could not be traced."""
-        plan, untraceable = functional_rewrites(model, self.name)
+        plan, untraceable = functional_rewrites(model)
         return [f"{r.name or '<model>'} ({type(r.module).__name__}): {r.what}" for r in plan] + untraceable
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from zplug.canonizers.attention import FunctionalOps, MultiheadAttentionCanonizer
 from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm
 from zplug.canonizers.residual import ResidualSum
@@ -29,7 +31,7 @@ def zplug_suggest_canonizers(model):
             ("merge_batchnorm", f"{len(batchnorms)} BatchNorm layer(s), e.g. '{batchnorms[0]}', to merge")
         )
     attention = has_attention(model)
-    heads = [name for name, m in model.named_modules() if isinstance(m, MultiheadAttentionCanonizer.TARGET)]
+    heads = [name for name, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
     if heads:
         suggestions.append(("multihead_attention", f"{len(heads)} MultiheadAttention module(s), e.g. '{heads[0]}'"))
     functional = [name for name in attention if name not in heads]
