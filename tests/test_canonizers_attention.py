@@ -255,3 +255,29 @@ def test_mul_and_matmul_modules_compute_the_functions():
     torch.testing.assert_close(Mul()(a, 2.0, a), a * 2.0 * a, rtol=0, atol=0)
     with pytest.raises(ValueError, match="MatMul: value must be None, 0 or 1"):
         MatMul(value=2)
+
+
+def test_a_proven_rewrite_is_not_checked_again_until_the_module_changes():
+    model = _block_model()
+    x = torch.randn(2, 5, 8, dtype=DT)
+    canonizer = FunctionalOps()
+    runs = []
+
+    def count(module, args, output):
+        runs.append(1)
+
+    handle = model[0].norm.register_forward_hook(count)  # runs once per forward of the block
+    try:
+        with canonizer.applied(model):
+            model(x)
+        assert len(runs) == 2  # the original forward (the check) and the rewritten one
+        with canonizer.applied(model):
+            model(x)
+        assert len(runs) == 3  # proven and unchanged: no check
+        with torch.no_grad():
+            model[0].proj.weight.mul_(2.0)  # an in-place update: the proof no longer holds
+        with canonizer.applied(model):
+            model(x)
+        assert len(runs) == 5
+    finally:
+        handle.remove()
