@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from zplug.canonizers.attention import FunctionalOps, MultiheadAttentionCanonizer
 from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm
 from zplug.canonizers.residual import ResidualSum
@@ -19,10 +17,12 @@ def zplug_register_canonizers():
 @hookimpl
 def zplug_suggest_canonizers(model):
     """Suggest ``merge_batchnorm`` for BatchNorm, the attention canonizers, ``residual_sum`` for additions."""
+    import torch
+
+    from zplug.canonizers.attention import has_attention
     from zplug.canonizers.batchnorm import BATCHNORM
     from zplug.canonizers.residual import additions
     from zplug.errors import NotTraceableError
-    from zplug.canonizers.attention import has_attention
 
     suggestions = []
     batchnorms = [name for name, m in model.named_modules() if isinstance(m, BATCHNORM)]

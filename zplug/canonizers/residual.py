@@ -117,7 +117,7 @@ class ResidualSum(Canonizer):
     @contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         """Install the ``Sum`` modules and the rewritten forward; undo both on exit."""
-        from zplug.canonizers._trace import trace
+        from zplug.canonizers._trace import constants, trace
         from zplug.layers import Sum
 
         traced = trace(model, self.name)

@@ -13,16 +13,22 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import torch
 
+from zplug._lazy import lazy_module
 from zplug.canonizers._patch import PatchStack
-from zplug.canonizers.base import Canonizer, CanonizerError
+from zplug.canonizers.base import Canonizer
+from zplug.errors import CanonizerError
 
-#: Largest accepted difference, relative to the largest output magnitude, by dtype.
-TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # declaring a rewrite canonizer (to register or list it) needs no torch
+
+#: Largest accepted difference, relative to the largest output magnitude, by dtype name.
+TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 
 
 @attrs.frozen(kw_only=True)
@@ -97,7 +103,7 @@ class CheckedForward:
 
 
 #: Modules whose rewrite passed the check, with the signature they had then (see :func:`_signature`).
-_proven: weakref.WeakKeyDictionary[torch.nn.Module, tuple] = weakref.WeakKeyDictionary()
+_proven: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _signature(module: torch.nn.Module, canonizer: str) -> tuple:
@@ -131,7 +137,7 @@ def difference(output: Any, expected: Any) -> str | None:
             return None
         scale = float(exp[finite].abs().max())
         gap = float((out[finite] - exp[finite]).abs().max())
-        tolerance = TOLERANCE.get(exp.dtype, 1e-4)
+        tolerance = TOLERANCE.get(str(exp.dtype).removeprefix("torch."), 1e-4)
         if gap > tolerance * max(scale, 1e-30):
             return f"largest difference {gap:.3g} at output magnitude {scale:.3g}"
         return None

@@ -17,15 +17,26 @@ Element-wise non-linearities (GELU, SiLU, tanh) get the identity rule, which is 
 
 from __future__ import annotations
 
-import attrs
-import torch
-import torch.nn.functional as F  # noqa: N812
-from torch.overrides import TorchFunctionMode
+import functools
+from typing import TYPE_CHECKING
 
-from zplug.engine.stabilize import divide_stabilized
+import attrs
+
+from zplug._lazy import lazy_module
 from zplug.errors import RelevanceError, SpecError
-from zplug.functional_layers import MatMul, Mul
 from zplug.rules.base import Rule, names, non_negative_or_callable, parameter, to_names
+
+if TYPE_CHECKING:
+    import torch
+else:
+    # Declaring the rules (to register, list or check them in presets) needs no torch.
+    torch = lazy_module("torch")
+_stabilize = lazy_module("zplug.engine.stabilize")
+
+
+def divide_stabilized(relevance: torch.Tensor, stabilizer, z: torch.Tensor) -> torch.Tensor:
+    """``relevance / stabilised z``: :func:`zplug.engine.stabilize.divide_stabilized`."""
+    return _stabilize.divide_stabilized(relevance, stabilizer, z)
 
 _STABILIZER_DOC = "added to the denominator with its sign (a number), or a callable f(z) -> stabilised z"
 
@@ -85,25 +96,35 @@ def _normalize(x, p=2.0, dim=1, eps=1e-12, out=None):
     return x / torch.linalg.vector_norm(x.detach(), ord=p, dim=dim, keepdim=True).clamp_min(eps)
 
 
-#: The normalising functions whose scale ``frozen_scale`` holds constant, with their replacements.
-FROZEN_FUNCTIONS = {F.layer_norm: _layer_norm, F.group_norm: _group_norm, F.normalize: _normalize}
-if hasattr(F, "rms_norm"):  # torch >= 2.4
-    FROZEN_FUNCTIONS[F.rms_norm] = _rms_norm
+@functools.cache
+def frozen_functions() -> dict:
+    """The normalising functions whose scale ``frozen_scale`` holds constant, with their replacements."""
+    functional = torch.nn.functional
+    table = {functional.layer_norm: _layer_norm, functional.group_norm: _group_norm, functional.normalize: _normalize}
+    if hasattr(functional, "rms_norm"):  # torch >= 2.4
+        table[functional.rms_norm] = _rms_norm
+    return table
 
 
-class _FrozenScaleMode(TorchFunctionMode):
-    """While active, the normalising functions compute with their scale detached (thread-local, scoped)."""
+@functools.cache
+def _frozen_scale_mode() -> type:
+    """The torch function mode class (made on first use: defining it needs torch)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
+    class FrozenScaleMode(torch.overrides.TorchFunctionMode):
+        """While active, the normalising functions compute with their scale detached (thread-local, scoped)."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        frozen = FROZEN_FUNCTIONS.get(func)
-        if frozen is None:
-            return func(*args, **(kwargs or {}))
-        self.seen.append(func.__name__)
-        return frozen(*args, **(kwargs or {}))
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            frozen = frozen_functions().get(func)
+            if frozen is None:
+                return func(*args, **(kwargs or {}))
+            self.seen.append(func.__name__)
+            return frozen(*args, **(kwargs or {}))
+
+    return FrozenScaleMode
 
 
 def _check_stabilizer(name, value):
@@ -139,7 +160,7 @@ class FrozenScale(Rule):
         if self.zero_params:
             params = {k: None if v is None else (torch.zeros_like(v) if k in self.zero_params else v)
                       for k, v in params.items()}
-        mode = _FrozenScaleMode()
+        mode = _frozen_scale_mode()()
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()
             with mode:
@@ -209,7 +230,7 @@ def _unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return (grad.sum(dim=dims, keepdim=True) if dims else grad).reshape(shape)
 
 
-def _matmul_transpose(module: MatMul, grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, index: int):
+def _matmul_transpose(module, grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, index: int):
     if a.ndim < 2 or b.ndim < 2:  # vector products: let autograd sort out the shapes
         with torch.enable_grad():
             leaves = (a.detach().requires_grad_(), b.detach().requires_grad_())
@@ -265,6 +286,8 @@ class Product(Rule):
 
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""
+        from zplug.functional_layers import MatMul, Mul
+
         relevance = _relevance_out(call, grad_outputs, self.name)
         module = call.module
         known = isinstance(module, (MatMul, Mul)) and not call.kwargs
@@ -297,4 +320,4 @@ class Product(Rule):
         return {value: 1.0} if value in carriers else {}
 
 
-__all__ = ("FROZEN_FUNCTIONS", "FrozenScale", "Product", "Softmax")
+__all__ = ("FrozenScale", "Product", "Softmax", "frozen_functions")
