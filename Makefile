@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/zplug-*)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zplug-installed
 
-.PHONY: install test lint demo tune-demo bench bench-startup bench-evaluate clean
+.PHONY: install test test-slow lint demo tune-demo bench bench-startup bench-evaluate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,16 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml $(wildcard plugins/*/pyproject.toml)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[test]" $(foreach p,$(PLUGINS),-e $(p))
+	$(PY) -m pip install --quiet --no-deps lxt==2.1  # test reference for transformers; see pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+test-slow: $(STAMP)  # also the real-size model checks (minutes)
+	ZPLUG_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

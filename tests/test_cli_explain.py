@@ -322,7 +322,8 @@ ERRORS = [
     (["{tmp}/empty", "--demo"], "folder '{tmp}/empty' holds no images (looked for .bmp, .gif, .jpeg, .jpg, .pgm, "
      ".png, .ppm, .tif, .tiff, .webp, and in its sub-folders)"),
     (["--demo", "--preset", "epsilon_plu"], "unknown preset 'epsilon_plu' (did you mean 'epsilon_plus'? known: "
-     "beta_smooth, deconvnet, epsilon_alpha2_beta1, epsilon_alpha2_beta1_flat, epsilon_gamma_box, epsilon_plus, "
+     "attnlrp, attnlrp_gamma, beta_smooth, cp_lrp, cp_lrp_gamma, deconvnet, epsilon_alpha2_beta1, "
+     "epsilon_alpha2_beta1_flat, epsilon_gamma_box, epsilon_plus, "
      "epsilon_plus_flat, excitation_backprop, guided_backprop)"),
     (["--demo", "--preset", "{bad_preset}"], "{bad_preset}: name_map[0].names[0]: the model DemoNet has no module "
      "'conv9' (did you mean 'conv5'?); run `zplug mapping` without this entry to list the module names"),

@@ -30,15 +30,16 @@ def test_a_declared_path_resolves_only_once_its_module_is_imported(registry, pac
         @staticmethod
         @zplug.hookimpl
         def zplug_register_layer_types():
-            return {"gate": [f"{package}.layers.Gate"], "activation": [f"{package}.layers.Gate"]}
+            return {"lazy_gate": [f"{package}.layers.Gate"], "activation": [f"{package}.layers.Gate"]}
 
     registry.register(Plugin, "lazy")
-    assert "gate" in registry.layer_types and registry.layer_types.declared("gate") == (f"{package}.layers.Gate",)
-    assert registry.layer_types["gate"] == () and package not in sys.modules  # nothing imported to answer
+    assert "lazy_gate" in registry.layer_types
+    assert registry.layer_types.declared("lazy_gate") == (f"{package}.layers.Gate",)
+    assert registry.layer_types["lazy_gate"] == () and package not in sys.modules  # nothing imported to answer
     assert torch.nn.ReLU in registry.layer_types["activation"]
     from zplug_lazy_pkg.layers import Gate
 
-    assert registry.layer_types["gate"] == (Gate,) and Gate in registry.layer_types["activation"]
+    assert registry.layer_types["lazy_gate"] == (Gate,) and Gate in registry.layer_types["activation"]
     assert imported_class(f"{package}.layers.Gate") is Gate
 
 
@@ -63,8 +64,8 @@ def test_a_plugin_declaring_something_else_than_a_class_or_path_is_broken(regist
         @staticmethod
         @zplug.hookimpl
         def zplug_register_layer_types():
-            return {"gate": ["Gate"]}
+            return {"lazy_gate": ["Gate"]}
 
     registry.register(Plugin, "bad")
     with pytest.warns(RuntimeWarning, match="'Gate' is neither a class nor a dotted class path"):
-        assert "gate" not in registry.layer_types
+        assert "lazy_gate" not in registry.layer_types

@@ -147,6 +147,11 @@ def test_preset_with_batchnorm_merge_matches_zennit(registry, preset, model_name
     _compare(model_name, preset, canonizer=True)
 
 
+#: Built-in presets without a Zennit composite (transformers); the torchvision plugin's transformer tests compare
+#: them with LXT.
+NOT_ZENNIT = {"attnlrp", "attnlrp_gamma", "cp_lrp", "cp_lrp_gamma"}
+
+
 def test_every_builtin_preset_is_compared(registry):
     builtin = {e.name for e in registry.presets.entries() if e.plugin == "zplug"}
-    assert builtin == set(PRESETS)
+    assert builtin - NOT_ZENNIT == set(PRESETS)

@@ -36,4 +36,7 @@ class Sum(torch.nn.Module):
         return f"dim={self.dim}"
 
 
-__all__ = ("Sum",)
+# Modules for transformers' functional operations live in their own module; re-exported here.
+from zplug.functional_layers import MatMul, Mul, Normalize, ScaledDotProductAttention  # noqa: E402
+
+__all__ = ("MatMul", "Mul", "Normalize", "ScaledDotProductAttention", "Sum")

@@ -33,6 +33,16 @@ ACTIVATION = _paths(
     "Tanh", "Tanhshrink", "Threshold",
 )  # fmt: skip
 SUM = _paths("zplug.layers", "Sum")
+#: Transformer operations (see zplug.functional_layers and docs/rules.md).
+BILINEAR = _paths("zplug.layers", "MatMul")
+SOFTMAX = _paths("torch.nn", "Softmax")
+NORMALIZATION = _paths("torch.nn", "LayerNorm", "GroupNorm", "RMSNorm") + _paths("zplug.layers", "Normalize")
+GATE = _paths("zplug.layers", "Mul")
+#: Smooth element-wise non-linearities, which AttnLRP gives the identity rule (``pass``).
+NONLINEARITY = _paths(
+    "torch.nn", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid", "Softplus", "ELU", "CELU", "SELU", "Hardswish",
+    "Hardsigmoid",
+)  # fmt: skip
 
 
 @hookimpl
@@ -47,7 +57,15 @@ def zplug_register_layer_types():
         "maxpool": MAXPOOL,
         "activation": ACTIVATION,
         "sum": SUM,
+        "bilinear": BILINEAR,
+        "softmax": SOFTMAX,
+        "normalization": NORMALIZATION,
+        "gate": GATE,
+        "nonlinearity": NONLINEARITY,
     }
 
 
-__all__ = ("ACTIVATION", "AVGPOOL", "BATCHNORM", "CONVOLUTION", "LINEAR", "MAXPOOL", "SUM")
+__all__ = (
+    "ACTIVATION", "AVGPOOL", "BATCHNORM", "BILINEAR", "CONVOLUTION", "GATE", "LINEAR", "MAXPOOL", "NONLINEARITY",
+    "NORMALIZATION", "SOFTMAX", "SUM",
+)  # fmt: skip

@@ -95,7 +95,9 @@ class Ledger:
     def observe(self, binding: Binding, call: LayerCall, grad_outputs: tuple, relevance: tuple) -> None:
         """Engine observer: record the relevance sums of one rule computation, and the rule's split."""
         received = tuple(relevance_total(g) for g in grad_outputs)
-        emitted = tuple(relevance_total(r) for r in relevance)
+        # Relevance handed to an input that needs no gradient (a constant, e.g. a detached bias) goes
+        # nowhere in the graph: the layer absorbed it.
+        emitted = tuple(relevance_total(r) if x.requires_grad else 0.0 for r, x in zip(relevance, call.inputs))
         with torch.no_grad():
             split = binding.rule.absorption(call, grad_outputs, relevance)
         if split is not None and not isinstance(split, Absorption):

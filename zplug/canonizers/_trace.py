@@ -56,6 +56,7 @@ def trace(model: torch.nn.Module, purpose: str) -> torch.fx.Graph:
     cached = _cache.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
+    before = set(model.__dict__)
     try:
         graph = LeafTracer().trace(model)
     except Exception as exc:  # fx raises many kinds of errors; all mean "cannot trace"
@@ -67,8 +68,18 @@ def trace(model: torch.nn.Module, purpose: str) -> torch.fx.Graph:
             "operation with modules (zplug.Sum()(a, b) instead of a + b), or use a model-specific canonizer "
             "from a plugin or the named variant of this canonizer"
         ) from exc
+    finally:
+        # fx stores tensors made in the forward as model attributes (``_tensor_constant0``): the model
+        # must come back as it was, so they move to the graph (see :func:`constants`).
+        added = {key: model.__dict__.pop(key) for key in set(model.__dict__) - before}
+    graph.zplug_constants = added
     _cache[model] = (signature, graph)
     return graph
 
 
-__all__ = ("LeafTracer", "NotTraceableError", "trace")
+def constants(graph: torch.fx.Graph) -> dict[str, object]:
+    """The tensor constants of a graph made by :func:`trace`, by the attribute names its nodes use."""
+    return dict(getattr(graph, "zplug_constants", {}))
+
+
+__all__ = ("LeafTracer", "NotTraceableError", "constants", "trace")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zplug.canonizers.attention import FunctionalOps, MultiheadAttentionCanonizer
 from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm
 from zplug.canonizers.residual import ResidualSum
 from zplug.hookspecs import hookimpl
@@ -10,12 +11,15 @@ from zplug.hookspecs import hookimpl
 @hookimpl
 def zplug_register_canonizers():
     """Register the generic canonizers."""
-    return [MergeBatchNorm, NamedMergeBatchNorm, ResidualSum]
+    return [MergeBatchNorm, NamedMergeBatchNorm, ResidualSum, MultiheadAttentionCanonizer, FunctionalOps]
 
 
 @hookimpl
 def zplug_suggest_canonizers(model):
-    """Suggest ``merge_batchnorm`` for models with BatchNorm and ``residual_sum`` for tensor additions."""
+    """Suggest ``merge_batchnorm`` for BatchNorm, the attention canonizers, ``residual_sum`` for additions."""
+    import torch
+
+    from zplug.canonizers.attention import has_attention
     from zplug.canonizers.batchnorm import BATCHNORM
     from zplug.canonizers.residual import additions
     from zplug.errors import NotTraceableError
@@ -25,6 +29,16 @@ def zplug_suggest_canonizers(model):
     if batchnorms:
         suggestions.append(
             ("merge_batchnorm", f"{len(batchnorms)} BatchNorm layer(s), e.g. '{batchnorms[0]}', to merge")
+        )
+    attention = has_attention(model)
+    heads = [name for name, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    if heads:
+        suggestions.append(("multihead_attention", f"{len(heads)} MultiheadAttention module(s), e.g. '{heads[0]}'"))
+    functional = [name for name in attention if name not in heads]
+    if functional:
+        suggestions.append(
+            ("functional_ops", f"functional attention operations (matmul, softmax) in {len(functional)} module(s), "
+                               f"e.g. '{functional[0]}'")
         )
     try:
         found = additions(model)

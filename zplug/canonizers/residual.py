@@ -117,7 +117,7 @@ class ResidualSum(Canonizer):
     @contextmanager
     def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         """Install the ``Sum`` modules and the rewritten forward; undo both on exit."""
-        from zplug.canonizers._trace import trace
+        from zplug.canonizers._trace import constants, trace
         from zplug.layers import Sum
 
         traced = trace(model, self.name)
@@ -143,7 +143,10 @@ class ResidualSum(Canonizer):
                 node.replace_all_uses_with(call)
                 graph.erase_node(node)
             graph.lint()
-            module = torch.fx.GraphModule(model, graph, class_name=f"{type(model).__name__}ResidualSum")
+            with patching() as constants_on_model:  # the graph module copies them; the model keeps none
+                for key, value in constants(traced).items():
+                    constants_on_model.attribute(model, key, value)
+                module = torch.fx.GraphModule(model, graph, class_name=f"{type(model).__name__}ResidualSum")
             stack.attribute(model, "forward", module.forward)
             yield model
 

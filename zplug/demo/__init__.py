@@ -4,6 +4,8 @@
   backgrounds; the class is the shape, the mask the pixels it covers);
 * :func:`load_model` returns the trained :class:`DemoNet` (BatchNorm after every convolution,
   one residual block summed by :class:`zplug.layers.Sum`);
+* :func:`load_vit` returns the trained :class:`DemoViT`, a small vision transformer for the
+  same task (``python -m zplug.demo.train_vit``);
 * :func:`load_samples` reads the committed ``samples/<class>/*.png``.
 
 ``python -m zplug.demo.train`` reproduces the weights and samples. Attributes are imported
@@ -20,6 +22,8 @@ _LAZY = {
     "generate_numpy": "zplug.demo.data",
     "DemoNet": "zplug.demo.model",
     "load_model": "zplug.demo.model",
+    "DemoViT": "zplug.demo.vit",
+    "load_vit": "zplug.demo.vit",
     "weights_path": "zplug.demo.model",
     "load_samples": "zplug.demo.samples",
     "sample_files": "zplug.demo.samples",
@@ -38,10 +42,12 @@ __all__ = (
     "CLASSES",
     "IMAGE_SIZE",
     "DemoNet",
+    "DemoViT",
     "generate",
     "generate_numpy",
     "load_model",
     "load_samples",
+    "load_vit",
     "sample_files",
     "samples_dir",
     "weights_path",

@@ -17,6 +17,7 @@ from zplug.rules.base import (
 )
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+from zplug.rules.transformer import FrozenScale, Product, Softmax
 
 
 def rule(name: str, **params):
@@ -39,13 +40,16 @@ __all__ = (
     "AlphaBeta",
     "Epsilon",
     "Flat",
+    "FrozenScale",
     "Gamma",
     "Norm",
     "Pass",
+    "Product",
     "ReLUBetaSmooth",
     "ReLUDeconvNet",
     "ReLUGuidedBackprop",
     "Rule",
+    "Softmax",
     "WSquare",
     "ZBox",
     "ZPlus",

@@ -3,11 +3,12 @@
 from zplug.hookspecs import hookimpl
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+from zplug.rules.transformer import FrozenScale, Product, Softmax
 
 
 @hookimpl
 def zplug_register_rules():
-    """Register the LRP and element-wise rules."""
+    """Register the LRP, element-wise and transformer rules."""
     return [
         Epsilon,
         ZPlus,
@@ -21,4 +22,7 @@ def zplug_register_rules():
         ReLUDeconvNet,
         ReLUGuidedBackprop,
         ReLUBetaSmooth,
+        FrozenScale,
+        Softmax,
+        Product,
     ]

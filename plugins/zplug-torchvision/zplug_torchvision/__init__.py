@@ -15,6 +15,12 @@ from zplug_torchvision.models import (
     load_weights,
     normalize,
 )
+from zplug_torchvision.transformers import (
+    ConvNeXtCanonizer,
+    MaxVitCanonizer,
+    SwinCanonizer,
+    VisionTransformerCanonizer,
+)
 
 __version__ = "0.1.0"
 
@@ -22,10 +28,14 @@ __all__ = (
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODEL_NAMES",
+    "ConvNeXtCanonizer",
     "DenseNetCanonizer",
+    "MaxVitCanonizer",
     "MobileNetCanonizer",
     "ResNetCanonizer",
+    "SwinCanonizer",
     "VGGCanonizer",
+    "VisionTransformerCanonizer",
     "build",
     "imagenet_bounds",
     "load_weights",

@@ -30,6 +30,11 @@ MODEL_NAMES = (
     "mobilenet_v3_small",
     "mobilenet_v3_large",
     "efficientnet_b0",
+    "vit_b_16",
+    "swin_t",
+    "swin_v2_t",
+    "maxvit_t",
+    "convnext_tiny",
 )
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from zplug import hookimpl
 from zplug_torchvision.canonizers import CANONIZERS
 from zplug_torchvision.models import IMAGENET_MEAN, IMAGENET_STD, factories
+from zplug_torchvision.transformers import CANONIZERS as TRANSFORMER_CANONIZERS
 
 if TYPE_CHECKING:
     import torch
@@ -29,6 +30,12 @@ _FAMILIES = (
      "torchvision MobileNetV3 (inverted residuals, squeeze-excitation)"),
     ("torchvision.models.efficientnet.EfficientNet", "mobilenet",
      "torchvision EfficientNet (MBConv residuals, squeeze-excitation)"),
+    ("torchvision.models.vision_transformer.VisionTransformer", "vit",
+     "torchvision VisionTransformer (MultiheadAttention, residuals)"),
+    ("torchvision.models.swin_transformer.SwinTransformer", "swin",
+     "torchvision SwinTransformer (window attention, residuals)"),
+    ("torchvision.models.maxvit.MaxVit", "maxvit", "torchvision MaxViT (MBConv, window and grid attention)"),
+    ("torchvision.models.convnext.ConvNeXt", "convnext", "torchvision ConvNeXt (layer scale, residuals)"),
 )  # fmt: skip
 SQUEEZE_EXCITATION = "torchvision.ops.misc.SqueezeExcitation"
 
@@ -40,7 +47,7 @@ def _class_path(model: torch.nn.Module) -> str:
 @hookimpl
 def zplug_register_canonizers():
     """Register the model-family canonizers."""
-    return list(CANONIZERS)
+    return [*CANONIZERS, *TRANSFORMER_CANONIZERS]
 
 
 @hookimpl

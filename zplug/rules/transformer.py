@@ -1,0 +1,323 @@
+"""Rules for the operations of transformers: normalisation, softmax and products of activations.
+
+They follow AttnLRP (Achtibat et al., ICML 2024) and its CP-LRP variant (Ali et al., ICML 2022):
+
+* ``frozen_scale`` (LayerNorm, RMSNorm, GroupNorm, ``F.normalize``): the normalising scale
+  ``1 / std`` is held constant, which leaves an affine map of the input; the epsilon rule
+  distributes over it. For RMSNorm and ``F.normalize`` (no centring) this is the identity.
+* ``softmax``: ``R_x = x * (R_s - s * sum(R_s))`` along the softmax dimension, the Taylor
+  expansion of the softmax at its input with the bias term absorbed; masked ``-inf`` inputs
+  count as 0. It is not conservative: the bias term keeps what it absorbs.
+* ``product`` (``q @ k^T``, ``attn @ v``, gates): every operand that carries relevance gets the
+  epsilon share it would get if the others were constants, times a weight: ``1/n`` each
+  (uniform, AttnLRP) or 1 for the value operand (CP-LRP).
+
+Element-wise non-linearities (GELU, SiLU, tanh) get the identity rule, which is ``pass``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import attrs
+
+from zplug._lazy import lazy_module
+from zplug.errors import RelevanceError, SpecError
+from zplug.rules.base import Rule, names, non_negative_or_callable, parameter, to_names
+
+if TYPE_CHECKING:
+    import torch
+else:
+    # Declaring the rules (to register, list or check them in presets) needs no torch.
+    torch = lazy_module("torch")
+_stabilize = lazy_module("zplug.engine.stabilize")
+
+
+def divide_stabilized(relevance: torch.Tensor, stabilizer, z: torch.Tensor) -> torch.Tensor:
+    """``relevance / stabilised z``: :func:`zplug.engine.stabilize.divide_stabilized`."""
+    return _stabilize.divide_stabilized(relevance, stabilizer, z)
+
+_STABILIZER_DOC = "added to the denominator with its sign (a number), or a callable f(z) -> stabilised z"
+
+
+def _relevance_out(call, grad_outputs, rule: str) -> torch.Tensor:
+    if len(grad_outputs) != 1:
+        raise RelevanceError(f"rule '{rule}' needs a layer with one output; '{call.name}' has {len(grad_outputs)}")
+    return grad_outputs[0]
+
+
+def _single_input(call, rule: str) -> torch.Tensor:
+    if len(call.inputs) != 1:
+        raise RelevanceError(
+            f"rule '{rule}' needs a layer with one tensor input; layer '{call.name}' has {len(call.inputs)}"
+        )
+    return call.inputs[0]
+
+
+# -- frozen_scale ----------------------------------------------------------------------------------
+def _dims(x: torch.Tensor, normalized_shape) -> tuple[int, ...]:
+    count = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return tuple(range(x.ndim - count, x.ndim))
+
+
+def _layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    dims = _dims(x, normalized_shape)
+    mean = x.mean(dim=dims, keepdim=True)
+    inverse_std = torch.rsqrt(x.detach().var(dim=dims, unbiased=False, keepdim=True) + eps)
+    y = (x - mean) * inverse_std
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias
+
+
+def _group_norm(x, num_groups, weight=None, bias=None, eps=1e-5):
+    grouped = x.reshape(x.shape[0], num_groups, -1)
+    mean = grouped.mean(dim=-1, keepdim=True)
+    inverse_std = torch.rsqrt(grouped.detach().var(dim=-1, unbiased=False, keepdim=True) + eps)
+    y = ((grouped - mean) * inverse_std).reshape(x.shape)
+    channel = (1, -1) + (1,) * (x.ndim - 2)  # weight and bias are per channel (dimension 1)
+    if weight is not None:
+        y = y * weight.reshape(channel)
+    return y if bias is None else y + bias.reshape(channel)
+
+
+def _rms_norm(x, normalized_shape, weight=None, eps=None):
+    dims = _dims(x, normalized_shape)
+    if eps is None:
+        eps = torch.finfo(x.dtype).eps
+    y = x * torch.rsqrt(x.detach().square().mean(dim=dims, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+def _normalize(x, p=2.0, dim=1, eps=1e-12, out=None):
+    if out is not None:
+        raise RelevanceError("frozen_scale: F.normalize with out= cannot be differentiated")
+    return x / torch.linalg.vector_norm(x.detach(), ord=p, dim=dim, keepdim=True).clamp_min(eps)
+
+
+@functools.cache
+def frozen_functions() -> dict:
+    """The normalising functions whose scale ``frozen_scale`` holds constant, with their replacements."""
+    functional = torch.nn.functional
+    table = {functional.layer_norm: _layer_norm, functional.group_norm: _group_norm, functional.normalize: _normalize}
+    if hasattr(functional, "rms_norm"):  # torch >= 2.4
+        table[functional.rms_norm] = _rms_norm
+    return table
+
+
+@functools.cache
+def _frozen_scale_mode() -> type:
+    """The torch function mode class (made on first use: defining it needs torch)."""
+
+    class FrozenScaleMode(torch.overrides.TorchFunctionMode):
+        """While active, the normalising functions compute with their scale detached (thread-local, scoped)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            frozen = frozen_functions().get(func)
+            if frozen is None:
+                return func(*args, **(kwargs or {}))
+            self.seen.append(func.__name__)
+            return frozen(*args, **(kwargs or {}))
+
+    return FrozenScaleMode
+
+
+def _check_stabilizer(name, value):
+    non_negative_or_callable(name, value)
+
+
+@attrs.frozen(kw_only=True)
+class FrozenScale(Rule):
+    """Normalisation layers: the normalising scale held constant, the epsilon rule on what is left.
+
+    With ``s = 1 / sqrt(var(x) + eps)`` held constant, LayerNorm is the affine map
+    ``y = w * s * (x - mean(x)) + b`` and ``R_x = x * A^T (R_y / stab(y))`` with ``A`` its
+    matrix; GroupNorm is the same per group, RMSNorm (``y = w * s * x``) and ``F.normalize``
+    give ``R_x = R_y`` (up to the stabiliser and the bias). The module's forward is re-run with
+    ``F.layer_norm``, ``F.group_norm``, ``F.rms_norm`` and ``F.normalize`` computing with their
+    scale detached, so subclasses that permute around the call (torchvision's ``LayerNorm2d``)
+    work too; a module that calls none of them is an error.
+    """
+
+    name = "frozen_scale"
+    summary = "normalisation (LayerNorm, RMSNorm, GroupNorm): scale held constant, epsilon on the rest (AttnLRP)"
+    epsilon: float = parameter(1e-6, doc=_STABILIZER_DOC, kind="number >= 0", check=_check_stabilizer)
+    zero_params: tuple[str, ...] = parameter(
+        (), doc='names of parameters set to zero, e.g. ["bias"]', kind="list of names", check=names,
+        converter=to_names,
+    )
+
+    def backward(self, call, grad_outputs):
+        """Return the relevance of the input (see the class docstring)."""
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        x = _single_input(call, self.name)
+        params = call.params()
+        if self.zero_params:
+            params = {k: None if v is None else (torch.zeros_like(v) if k in self.zero_params else v)
+                      for k, v in params.items()}
+        mode = _frozen_scale_mode()()
+        with torch.enable_grad():
+            leaf = x.detach().requires_grad_()
+            with mode:
+                y = call.op.forward((leaf,), params)
+            if not mode.seen:
+                raise RelevanceError(
+                    f"rule '{self.name}' on layer '{call.name}' ({type(call.module).__name__}): its forward calls none "
+                    "of F.layer_norm, F.group_norm, F.rms_norm, F.normalize, so there is no scale to hold constant; "
+                    "give this layer another rule, or write its normalisation with one of these functions"
+                )
+            scaled = divide_stabilized(relevance, self.epsilon, y.detach())
+            (grad,) = torch.autograd.grad(y, leaf, scaled)
+        return (x * grad,)
+
+
+# -- softmax ---------------------------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class Softmax(Rule):
+    """Softmax ``s = softmax(x)``: ``R_x = x * (R_s - s * sum_j R_s_j)`` along the softmax dimension.
+
+    This is AttnLRP's rule (the first-order Taylor expansion at ``x`` with a bias term). Inputs
+    of ``-inf`` (masked positions, where ``s = 0``) count as 0. The sum of ``R_x`` is the sum of
+    ``R_s`` minus ``sum(x * s) * sum(R_s)`` per row: the rule is not conservative, and the ledger
+    shows the difference as absorbed.
+    """
+
+    name = "softmax"
+    summary = "softmax: x * (R - s sum R) along its dimension, -inf inputs as 0 (AttnLRP)"
+
+    def backward(self, call, grad_outputs):
+        """Return the relevance of the input (see the class docstring)."""
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        x = _single_input(call, self.name)
+        dim = getattr(call.module, "dim", None)
+        if not isinstance(dim, int):
+            raise RelevanceError(
+                f"rule '{self.name}' on layer '{call.name}' ({type(call.module).__name__}) needs a module with an "
+                f"integer attribute 'dim' (the softmax dimension, as torch.nn.Softmax has); got {dim!r}"
+            )
+        s = call.output
+        x = x.masked_fill(x == float("-inf"), 0.0)
+        return (x * (relevance - s * relevance.sum(dim=dim, keepdim=True)),)
+
+
+# -- product ---------------------------------------------------------------------------------------
+def _check_to(name, value):
+    if value not in ("all", "value"):
+        raise SpecError(f"parameter '{name}' must be 'all' or 'value' (got {value!r})")
+
+
+def _carries(operand) -> bool:
+    """Whether an operand carries relevance: a tensor computed from the inputs (not a parameter or constant)."""
+    return (
+        isinstance(operand, torch.Tensor)
+        and operand.is_floating_point()
+        and operand.requires_grad
+        and not isinstance(operand, torch.nn.Parameter)
+    )
+
+
+def _unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Sum ``grad`` over the dimensions that broadcasting added or expanded to reach ``shape``."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    return (grad.sum(dim=dims, keepdim=True) if dims else grad).reshape(shape)
+
+
+def _matmul_transpose(module, grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, index: int):
+    if a.ndim < 2 or b.ndim < 2:  # vector products: let autograd sort out the shapes
+        with torch.enable_grad():
+            leaves = (a.detach().requires_grad_(), b.detach().requires_grad_())
+            out = type(module).forward(module, *leaves)
+            return torch.autograd.grad(out, leaves[index], grad)[0]
+    if index == 0:
+        result = _unbroadcast(torch.matmul(grad, b.transpose(-1, -2)), a.shape)
+    else:
+        result = _unbroadcast(torch.matmul(a.transpose(-1, -2), grad), b.shape)
+    return result if module.scale is None else result * module.scale
+
+
+def _mul_transpose(grad: torch.Tensor, operands: tuple, index: int) -> torch.Tensor:
+    result = grad
+    for j, other in enumerate(operands):
+        if j != index:
+            result = result * other
+    return _unbroadcast(result, operands[index].shape)
+
+
+@attrs.frozen(kw_only=True)
+class Product(Rule):
+    """Products of activations: ``q @ k^T``, ``attn @ v``, gates ``act(g) * u`` (AttnLRP, CP-LRP).
+
+    For an output ``O`` that is linear in each operand separately (a matrix or element-wise
+    product), operand ``A`` gets ``w_A * A * J_A^T (R_O / stab(O))``, where ``J_A`` is the
+    derivative with the other operands held constant: the epsilon rule, which alone would hand
+    ``A`` all of ``R_O``. The weights ``w`` sum to 1 over the operands that carry relevance
+    (tensors computed from the input; parameters, constants and numbers carry none and get
+    none):
+
+    * ``to="all"``: ``w = 1/n`` for each of the ``n`` operands (AttnLRP's uniform rule);
+    * ``to="value"``: everything to the module's value operand (its ``value`` attribute, set
+      by the canonizer: ``v`` in ``attn @ v``, the gated signal of a gate). A product without a
+      value operand (the attention scores ``q @ k^T``) passes nothing: CP-LRP's detached
+      query/key path.
+
+    An operand that is the only one carrying relevance gets all of it with either setting
+    (a constant factor passes 100 % to the other operand). On modules other than
+    :class:`~zplug.layers.MatMul` and :class:`~zplug.layers.Mul`, ``J^T`` is the module's own
+    vector-Jacobian product.
+    """
+
+    name = "product"
+    summary = "products of activations (matmul, gates): epsilon per operand, uniform or all to the value"
+    epsilon: float = parameter(1e-6, doc=_STABILIZER_DOC, kind="number >= 0", check=_check_stabilizer)
+    to: str = parameter(
+        "all",
+        doc="'all': each operand carrying relevance gets 1/n (AttnLRP); 'value': all to the value operand (CP-LRP)",
+        kind="'all' or 'value'",
+        check=_check_to,
+    )
+
+    def backward(self, call, grad_outputs):
+        """Return the relevance of each input (see the class docstring)."""
+        from zplug.functional_layers import MatMul, Mul
+
+        relevance = _relevance_out(call, grad_outputs, self.name)
+        module = call.module
+        known = isinstance(module, (MatMul, Mul)) and not call.kwargs
+        operands = call.args if known else call.inputs
+        carriers = [i for i, operand in enumerate(operands) if _carries(operand)]
+        weights = self._weights(module, carriers)
+        shares: dict[int, torch.Tensor] = {}
+        if weights:
+            scaled = divide_stabilized(relevance, self.epsilon, call.output)
+            transposed = None if known else call.op.transpose(scaled, call.inputs, call.params())
+            for index, weight in weights.items():
+                operand = operands[index]
+                if transposed is not None:
+                    grad = transposed[index]
+                elif isinstance(module, MatMul):
+                    grad = _matmul_transpose(module, scaled, operands[0], operands[1], index)
+                else:
+                    grad = _mul_transpose(scaled, operands, index)
+                share = operand * grad
+                shares[index] = share if weight == 1 else share * weight
+        if not known:
+            return tuple(shares.get(i) for i in range(len(call.inputs)))
+        positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        return tuple(shares.get(i) for i in positions)
+
+    def _weights(self, module, carriers: list[int]) -> dict[int, float]:
+        if len(carriers) <= 1 or self.to == "all":
+            return {i: 1.0 / len(carriers) for i in carriers}
+        value = getattr(module, "value", None)
+        return {value: 1.0} if value in carriers else {}
+
+
+__all__ = ("FrozenScale", "Product", "Softmax", "frozen_functions")
