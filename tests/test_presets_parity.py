@@ -137,7 +137,7 @@ def test_preset_matches_zennit(registry, preset, model_name):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_with_batchnorm_merge_matches_zennit(registry, preset, model_name, monkeypatch):
     if "merge_batchnorm" not in registry.canonizers:
-        pytest.skip("canonizer 'merge_batchnorm' is not registered yet (issue 4)")
+        pytest.skip("canonizer 'merge_batchnorm' is not registered")
     model, _ = _model(model_name)
     # Zennit 0.5.1 keeps BatchNorm's eps in its "identity" BN, which changes the output by ~1e-5 per
     # layer; with a negligible eps both libraries compute the same function.

@@ -349,7 +349,7 @@ def test_resolve_accepts_a_path(registry, tmp_path):
 
 def test_auto_canonizers_merge_batchnorm(registry):
     if "merge_batchnorm" not in registry.canonizers:
-        pytest.skip("canonizer 'merge_batchnorm' is not registered yet (issue 4)")
+        pytest.skip("canonizer 'merge_batchnorm' is not registered")
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2)).eval()
     auto = zplug.resolve(model, "epsilon_plus")
