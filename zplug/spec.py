@@ -10,34 +10,36 @@ import importlib
 import warnings
 from typing import Any
 
-#: Where each name of the old module lives now.
-MOVED = {
-    "GLOB_CHARS": "zplug.preset.records",
-    "REQUIRED": "zplug.preset.records",
-    "RESERVED_PARAMS": "zplug.preset.records",
-    "SCHEMA": "zplug.preset.records",
-    "TABLES": "zplug.preset.records",
-    "MapEntry": "zplug.preset.records",
-    "ParamDecl": "zplug.preset.records",
-    "ParamRef": "zplug.preset.records",
-    "PartSpec": "zplug.preset.records",
-    "Preset": "zplug.preset.records",
-    "build_part": "zplug.preset.validate",
-    "check_preset": "zplug.preset.validate",
-    "dump_toml": "zplug.preset.toml",
-    "import_class": "zplug.preset.classes",
-    "layer_classes": "zplug.preset.classes",
-    "literal": "zplug.preset.values",
-    "parse_toml": "zplug.preset.toml",
-    "read_text": "zplug.preset.toml",
-    "toml_value": "zplug.preset.toml",
-}
+#: The names the old module had; each now lives where :mod:`zplug.preset` imports it from.
+OLD_NAMES = (
+    "GLOB_CHARS",
+    "REQUIRED",
+    "RESERVED_PARAMS",
+    "SCHEMA",
+    "TABLES",
+    "MapEntry",
+    "ParamDecl",
+    "ParamRef",
+    "PartSpec",
+    "Preset",
+    "build_part",
+    "check_preset",
+    "dump_toml",
+    "import_class",
+    "layer_classes",
+    "literal",
+    "parse_toml",
+    "read_text",
+    "toml_value",
+)
 
 
 def __getattr__(name: str) -> Any:
-    module = MOVED.get(name)
-    if module is None:
+    if name not in OLD_NAMES:
         raise AttributeError(f"module 'zplug.spec' has no attribute '{name}'")
+    from zplug.preset import _LAZY
+
+    module = _LAZY[name]
     warnings.warn(
         f"zplug.spec is deprecated: import {name} from zplug.preset (it lives in {module})",
         DeprecationWarning,
@@ -48,4 +50,4 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__all__ = tuple(sorted(MOVED))
+__all__ = tuple(sorted(OLD_NAMES))

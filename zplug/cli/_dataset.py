@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from zplug.cli._options import add_preprocessing_options
 from zplug.errors import SpecError
 
 
@@ -24,13 +25,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, inputs_help: str) -> 
                        help="the followed class: the predicted one (pred, default), the folder label (label), "
                        "or a class index or name for all inputs")
 
-    group = parser.add_argument_group("preprocessing (defaults from the model's input convention)")
-    group.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N pixels (0: don't)")
-    group.add_argument("--crop", type=int, metavar="N", help="centre-crop N x N pixels (0: don't)")
-    group.add_argument("--normalize", choices=("auto", "imagenet", "none"), default="auto",
-                       help="input normalisation: the model's (auto), ImageNet mean/std, or none")
-    group.add_argument("--mean", metavar="R,G,B", help="normalise with this mean (with --std)")
-    group.add_argument("--std", metavar="R,G,B", help="normalise with this standard deviation (with --mean)")
+    add_preprocessing_options(parser)
 
     group = parser.add_argument_group("running")
     group.add_argument("--batch-size", type=int, default=16, metavar="N",

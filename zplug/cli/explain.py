@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from zplug.cli._options import add_preprocessing_options
 from zplug.cli._output import NAME_FIELDS  # noqa: F401 - the fields of --name-format, kept importable here
 from zplug.errors import CommandError, ZplugError
 
@@ -87,13 +88,7 @@ def add_parser(subparsers) -> None:
     group.add_argument("--seed", type=int, default=0,
                        help="random seed; batch b uses seed+b (noise of smoothgrad), so sharding does not change it")
 
-    group = parser.add_argument_group("preprocessing (defaults from the model's input convention)")
-    group.add_argument("--resize", type=int, metavar="N", help="resize the shorter side to N pixels (0: don't)")
-    group.add_argument("--crop", type=int, metavar="N", help="centre-crop N x N pixels (0: don't)")
-    group.add_argument("--normalize", choices=("auto", "imagenet", "none"), default="auto",
-                       help="input normalisation: the model's (auto), ImageNet mean/std, or none")
-    group.add_argument("--mean", metavar="R,G,B", help="normalise with this mean (with --std)")
-    group.add_argument("--std", metavar="R,G,B", help="normalise with this standard deviation (with --mean)")
+    add_preprocessing_options(parser)
 
     group = parser.add_argument_group("output")
     group.add_argument("--out", default="results", metavar="DIR",
