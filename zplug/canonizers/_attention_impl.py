@@ -366,7 +366,7 @@ def _candidates(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     out = []
     for name, module in model.named_modules():
         cls = type(module)
-        if cls.__module__.startswith(("torch.nn", "zplug.")):
+        if cls.__module__.startswith("torch.nn") or cls.__module__ in ("zplug.layers", "zplug.functional_layers"):
             continue
         if "forward" in module.__dict__ and not _rewritten_by_fx(module):
             continue
