@@ -173,7 +173,7 @@ class DenseNetCanonizer(CompositeCanonizer):
 
     name: ClassVar[str] = "densenet"
     summary: ClassVar[str] = "torchvision DenseNet: merge conv->BatchNorm, final ReLU and pooling as modules"
-    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum")
+    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum", "functional_pooling")
 
     def parts(self) -> tuple[Canonizer, ...]:
         """BatchNorm merging, then the model's forward."""
@@ -186,7 +186,7 @@ class MobileNetCanonizer(CompositeCanonizer):
 
     name: ClassVar[str] = "mobilenet"
     summary: ClassVar[str] = "torchvision MobileNetV2/V3, EfficientNet: merge BatchNorm, residuals through Sum"
-    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum")
+    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum", "functional_pooling")
 
     def parts(self) -> tuple[Canonizer, ...]:
         """BatchNorm merging, block forwards, model forward."""
