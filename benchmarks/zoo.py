@@ -15,7 +15,8 @@ Presets: CNNs run ``benchmarks/epsilon.toml`` (LRP-epsilon on every convolution 
 and ``epsilon_plus`` (z+ on convolutions); vision transformers (ViT, Swin, MaxViT, ConvNeXt) run
 ``cp_lrp``. A run is
 
-* ``conserves`` when the relevance sums to 1 within 1e-6 relative;
+* ``conserves`` when the relevance sums to 1 within 1e-6 relative and nothing was uncovered
+  (``conserves, warns`` if it sums to 1 but zplug warned);
 * ``warns`` when zplug emitted a CoverageWarning (the uncovered operations are named);
 * ``lossy (noted)`` when the mapping's coverage section lists a rule that loses relevance on layers
   whose output is not rectified (z+ after a linear bottleneck) -- documented, not a failure;
@@ -134,7 +135,7 @@ def check(model: torch.nn.Module, x: torch.Tensor, preset: str, label: str) -> t
     if not math.isfinite(total):
         status = "warns" if coverage else "SILENT FAILURE"
     elif abs(total - 1.0) <= TOLERANCE:
-        status = "conserves"
+        status = "conserves, warns" if coverage else "conserves"
     elif coverage:
         status = "warns"
     elif e.mapping.coverage is not None and e.mapping.coverage.lossy:
@@ -164,15 +165,16 @@ def run_model(name: str) -> Row:
 
 def table(rows: list[Row]) -> str:
     lines = [
-        "| model | canonizers (auto) | preset | relevance sum | result | what zplug said |",
-        "|---|---|---|---|---|---|",
+        "| model | canonizers (auto) | preset | relevance sum | \\|sum - 1\\| | result | what zplug said |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         for i, run in enumerate(row.runs):
             total = "-" if run.total is None else f"{run.total:.9f}"
+            gap = "-" if run.total is None else f"{abs(run.total - 1.0):.1e}"
             first = (row.model, row.canonizers) if i == 0 else ("", "")
             detail = run.detail.replace("|", "\\|")
-            lines.append(f"| {first[0]} | {first[1]} | {run.preset} | {total} | {run.status} | {detail} |")
+            lines.append(f"| {first[0]} | {first[1]} | {run.preset} | {total} | {gap} | {run.status} | {detail} |")
     return "\n".join(lines)
 
 
