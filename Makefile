@@ -8,7 +8,7 @@ PLUGINS := $(wildcard plugins/zplug-*)
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.zplug-installed
 
-.PHONY: install test test-slow lint demo tune-demo bench bench-startup bench-evaluate clean
+.PHONY: install test test-slow test-zoo lint demo tune-demo bench bench-startup bench-evaluate clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)  # also the real-size model checks (minutes)
 	ZPLUG_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider
+
+# Every classification model in torchvision.models conserves or warns (about 20 min); the table is
+# docs/torchvision-zoo.md, written by benchmarks/zoo.py.
+test-zoo: $(STAMP)
+	ZPLUG_ZOO=1 $(PY) -m pytest -q -p no:cacheprovider plugins/zplug-torchvision/tests/test_zoo.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

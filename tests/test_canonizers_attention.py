@@ -154,7 +154,8 @@ def test_a_rewrite_that_changes_the_output_is_undone_and_refused():
     assert message.startswith("wrong: the rewritten forward of '0' (Linear) does not compute what the original "
                               "computes (largest difference ")
     assert message.endswith("the rewrite is undone. The module probably uses a feature the rewrite does not "
-                            "reproduce: leave this canonizer out, or write a canonizer for this module")
+                            "reproduce (Python control flow that torch.fx fixed while tracing): leave this canonizer "
+                            "out, or write a canonizer for this module")
     _assert_same_state(model, before)
 
 

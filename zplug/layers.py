@@ -36,7 +36,37 @@ class Sum(torch.nn.Module):
         return f"dim={self.dim}"
 
 
+class Mean(torch.nn.Module):
+    """The mean over ``dim`` (all dimensions if ``None``): ``x.mean(dim, keepdim)`` as a module.
+
+    An average like any pooling layer: it is an ``avgpool`` layer, so presets give it the
+    ``norm`` rule (each input's share of the mean).
+
+    Parameters
+    ----------
+    dim : int, tuple of int, or None
+        The dimensions to average over.
+    keepdim : bool
+        Keep the averaged dimensions (with size 1).
+    """
+
+    def __init__(self, dim: int | tuple[int, ...] | None = None, keepdim: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the mean of ``x`` over ``dim``."""
+        if self.dim is None:
+            return x.mean()
+        return x.mean(self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        """Show ``dim`` and ``keepdim``."""
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
 # Modules for transformers' functional operations live in their own module; re-exported here.
 from zplug.functional_layers import MatMul, Mul, Normalize, ScaledDotProductAttention  # noqa: E402
 
-__all__ = ("MatMul", "Mul", "Normalize", "ScaledDotProductAttention", "Sum")
+__all__ = ("MatMul", "Mean", "Mul", "Normalize", "ScaledDotProductAttention", "Sum")

@@ -23,7 +23,7 @@ LINEAR = _paths("torch.nn", "Linear")
 BATCHNORM = _paths("torch.nn", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d")
 AVGPOOL = _paths(
     "torch.nn", "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"
-)
+) + _paths("zplug.layers", "Mean")
 MAXPOOL = _paths(
     "torch.nn", "MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"
 )

@@ -10,6 +10,7 @@ from zplug.canonizers.base import (
     auto_canonizers,
 )
 from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm, merged_params
+from zplug.canonizers.pooling import FunctionalPooling
 from zplug.canonizers.residual import ResidualSum
 from zplug.canonizers.rewrite import ForwardRewrite, Rewrite
 
@@ -20,6 +21,7 @@ __all__ = (
     "CompositeCanonizer",
     "ForwardRewrite",
     "FunctionalOps",
+    "FunctionalPooling",
     "MergeBatchNorm",
     "MultiheadAttentionCanonizer",
     "NamedMergeBatchNorm",

@@ -7,12 +7,14 @@ declaring the canonizers imports nothing of it.
 from __future__ import annotations
 
 import operator
+import weakref
 from typing import Any
 
 import torch
 import torch.fx
 import torch.nn.functional as F  # noqa: N812
 
+from zplug.canonizers._pooling import mean_module, pooling_module
 from zplug.canonizers.residual import _is_tensor_addition, _mutates_shared, _non_tensor
 from zplug.canonizers.rewrite import Rewrite
 from zplug.errors import CanonizerError
@@ -126,6 +128,10 @@ def multihead_attention_rewrites(model: torch.nn.Module, canonizer: str) -> list
 
 
 # -- functional_ops --------------------------------------------------------------------------------
+#: Everything ``functional_ops`` routes: additions, pooling and means, attention operations and products.
+KINDS = frozenset({"sum", "pool", "attention"})
+
+
 class _OwnForwardTracer(torch.fx.Tracer):
     """Traces one module's own forward: every child module is a leaf."""
 
@@ -138,13 +144,27 @@ def _trace_own(module: torch.nn.Module) -> tuple[torch.fx.Graph, dict[str, Any]]
 
     fx stores tensors created in the forward as attributes ``_tensor_constant<N>`` of the traced
     module; they are taken off the module again (it must come back as it was) and returned.
+    A module whose forward an earlier fx rewrite replaced is not traced again: the rewritten
+    graph is continued, so that rewrites compose (``residual_sum``, then ``functional_pooling``).
+    Results are cached while the module's children and forward are unchanged.
     """
+    earlier = getattr(module.__dict__.get("forward"), "rewrite", None)
+    if earlier is not None and earlier.graph is not None:
+        return earlier.graph, dict(earlier.constants)
+    signature = tuple((name, id(child)) for name, child in module.named_children())
+    cached = _traced.get(module)
+    if cached is not None and cached[0] == signature:
+        return cached[1], dict(cached[2])
     before = set(module.__dict__)
     try:
         graph = _OwnForwardTracer().trace(module)
     finally:
         added = {key: module.__dict__.pop(key) for key in set(module.__dict__) - before}
-    return graph, added
+    _traced[module] = (signature, graph, added)
+    return graph, dict(added)
+
+
+_traced: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 _MATMUL_FUNCTIONS = (torch.matmul, operator.matmul, torch.bmm)
@@ -248,8 +268,13 @@ def _is_activation(node: Any, modules: dict[str, torch.nn.Module]) -> bool:
 class _Builder:
     """Rewrites one module's traced graph, collecting the new children."""
 
-    def __init__(self, module: torch.nn.Module, graph: torch.fx.Graph) -> None:
+    def __init__(
+        self, module: torch.nn.Module, graph: torch.fx.Graph, kinds: frozenset[str] = KINDS,
+        names: dict[str, str] | None = None,
+    ) -> None:
         self.module = module
+        self.kinds = kinds
+        self.names = names or {}
         self.graph = torch.fx.Graph()
         self.mapping: dict[torch.fx.Node, torch.fx.Node] = {}
         self.graph.output(self.graph.graph_copy(graph, self.mapping))
@@ -262,6 +287,7 @@ class _Builder:
         self.counts: dict[str, int] = {}
 
     def _child(self, base: str, child: torch.nn.Module) -> str:
+        base = self.names.get(base, base)
         name, index = base, 0
         while hasattr(self.module, name) or name in self.children:
             index += 1
@@ -281,9 +307,16 @@ class _Builder:
         return call
 
     def rewrite(self) -> bool:
+        kinds = self.kinds
         for node in list(self.graph.nodes):
-            if _is_tensor_addition(node) and not _mutates_shared(node):
+            if "sum" in kinds and _is_tensor_addition(node) and not _mutates_shared(node):
                 self._replace(node, "sum", Sum(), tuple(node.args))
+            elif "pool" in kinds and (pool := pooling_module(node)) is not None:
+                self._replace(node, "pool", pool, (node.args[0],))
+            elif "pool" in kinds and (mean := mean_module(node)) is not None:
+                self._replace(node, "mean", mean, (node.args[0],))
+            elif "attention" not in kinds:
+                continue
             elif (softmax := _softmax_dim(node)) is not None:
                 dim, dtype = softmax
                 x = node.args[0]
@@ -315,19 +348,41 @@ class _Builder:
     def summary(self) -> str:
         return ", ".join(f"{count} {base}" for base, count in self.counts.items()) + " as modules"
 
+    def additions(self) -> list[str]:
+        """``add = a + b`` for each addition :meth:`rewrite` would route (before it runs)."""
+        return [
+            f"{n.name} = {' + '.join(str(a) for a in n.args)}"
+            for n in self.graph.nodes if _is_tensor_addition(n) and not _mutates_shared(n)
+        ]
+
+
+def _rewritten_by_fx(module: torch.nn.Module) -> bool:
+    """True if ``module``'s forward is an earlier fx rewrite's (which later rewrites continue)."""
+    rewrite = getattr(module.__dict__.get("forward"), "rewrite", None)
+    return rewrite is not None and getattr(rewrite, "graph", None) is not None
+
 
 def _candidates(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     out = []
     for name, module in model.named_modules():
         cls = type(module)
-        if "forward" in module.__dict__ or cls.__module__.startswith(("torch.nn", "zplug.")):
+        if cls.__module__.startswith("torch.nn") or cls.__module__ in ("zplug.layers", "zplug.functional_layers"):
+            continue
+        if "forward" in module.__dict__ and not _rewritten_by_fx(module):
             continue
         out.append((name, module))
     return out
 
 
-def functional_rewrites(model: torch.nn.Module) -> tuple[list[Rewrite], list[str]]:
-    """The ``functional_ops`` rewrites of ``model`` and the modules that could not be traced."""
+def functional_rewrites(
+    model: torch.nn.Module, kinds: frozenset[str] = KINDS, names: dict[str, str] | None = None,
+) -> tuple[list[Rewrite], list[str]]:
+    """The rewrites of ``model`` that route the operations of ``kinds``, and the modules that could not be traced.
+
+    ``kinds`` holds ``"sum"`` (additions of two tensors), ``"pool"`` (functional pooling, means)
+    and ``"attention"`` (matmul, softmax, scaled dot-product attention, products); ``names``
+    renames the children (``{"sum": "residual_sum"}``).
+    """
     plan, untraceable = [], []
     for name, module in _candidates(model):
         try:
@@ -336,14 +391,16 @@ def functional_rewrites(model: torch.nn.Module) -> tuple[list[Rewrite], list[str
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             untraceable.append(f"{name or '<model>'} ({type(module).__name__}): not traceable ({first[:120]})")
             continue
-        builder = _Builder(module, graph)
+        builder = _Builder(module, graph, kinds, names)
+        found = builder.additions()
         if not builder.rewrite():
             continue
         builder.graph.lint()
         root = {**_attributes(module, builder.graph), **constants, **builder.children}
         compiled = torch.fx.GraphModule(root, builder.graph, class_name=f"{type(module).__name__}Functional")
         plan.append(Rewrite(name=name, module=module, forward=compiled.forward, children=builder.children,
-                            what=builder.summary()))
+                            what=builder.summary(), graph=builder.graph, constants=constants,
+                            additions=tuple(found) if "sum" in kinds else ()))
     return plan, untraceable
 
 
@@ -382,4 +439,4 @@ def _attention_like(node: torch.fx.Node) -> bool:
     return _is_matmul(node) and not any(a.op == "get_attr" for a in node.args)
 
 
-__all__ = ("functional_rewrites", "has_attention", "multihead_attention_rewrites")
+__all__ = ("KINDS", "functional_rewrites", "has_attention", "multihead_attention_rewrites")

@@ -66,14 +66,16 @@ class FunctionalOps(ForwardRewrite):
     * ``F.scaled_dot_product_attention`` calls a :class:`~zplug.layers.ScaledDotProductAttention`
       (``attention``);
     * ``a * b`` and ``a / number`` call a :class:`~zplug.layers.Mul` (``mul``; for two tensors
-      of which one comes from an activation, the other is the value).
+      of which one comes from an activation, the other is the value);
+    * functional pooling and means call pooling modules (``pool``, ``mean``), as in
+      ``functional_pooling``.
 
-    It does everything ``residual_sum`` does, module by module, so it covers it.
+    It does everything ``residual_sum`` and ``functional_pooling`` do, so it covers them.
     """
 
     name: ClassVar[str] = "functional_ops"
     summary: ClassVar[str] = "route matmul, softmax, scaled_dot_product_attention, products and sums through modules"
-    covers: ClassVar[tuple[str, ...]] = ("residual_sum",)
+    covers: ClassVar[tuple[str, ...]] = ("residual_sum", "functional_pooling")
 
     def rewrites(self, model: torch.nn.Module) -> list[Rewrite]:
         """One rewrite per module with functional operations to route."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from zplug.canonizers.attention import FunctionalOps, MultiheadAttentionCanonizer
 from zplug.canonizers.batchnorm import MergeBatchNorm, NamedMergeBatchNorm
+from zplug.canonizers.pooling import FunctionalPooling
 from zplug.canonizers.residual import ResidualSum
 from zplug.hookspecs import hookimpl
 
@@ -11,18 +12,24 @@ from zplug.hookspecs import hookimpl
 @hookimpl
 def zplug_register_canonizers():
     """Register the generic canonizers."""
-    return [MergeBatchNorm, NamedMergeBatchNorm, ResidualSum, MultiheadAttentionCanonizer, FunctionalOps]
+    return [
+        MergeBatchNorm, NamedMergeBatchNorm, ResidualSum, FunctionalPooling, MultiheadAttentionCanonizer, FunctionalOps
+    ]
 
 
 @hookimpl
 def zplug_suggest_canonizers(model):
-    """Suggest ``merge_batchnorm`` for BatchNorm, the attention canonizers, ``residual_sum`` for additions."""
+    """Suggest the generic canonizers a model needs.
+
+    ``merge_batchnorm`` for BatchNorm, the attention canonizers, ``residual_sum`` for additions,
+    ``functional_pooling`` for functional pooling and means.
+    """
     import torch
 
     from zplug.canonizers.attention import has_attention
     from zplug.canonizers.batchnorm import BATCHNORM
+    from zplug.canonizers.pooling import pooling_calls
     from zplug.canonizers.residual import additions
-    from zplug.errors import NotTraceableError
 
     suggestions = []
     batchnorms = [name for name, m in model.named_modules() if isinstance(m, BATCHNORM)]
@@ -40,11 +47,13 @@ def zplug_suggest_canonizers(model):
             ("functional_ops", f"functional attention operations (matmul, softmax) in {len(functional)} module(s), "
                                f"e.g. '{functional[0]}'")
         )
-    try:
-        found = additions(model)
-    except NotTraceableError:
-        found = []
+    found = additions(model)
     if found:
         where = found[0][0] or "the model's forward"
         suggestions.append(("residual_sum", f"{len(found)} tensor addition(s) (residual connections), e.g. in {where}"))
+    pools = pooling_calls(model)
+    if pools:
+        suggestions.append(
+            ("functional_pooling", f"functional pooling or means in {len(pools)} module(s), e.g. '{pools[0]}'")
+        )
     return suggestions

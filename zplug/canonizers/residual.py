@@ -1,26 +1,27 @@
-"""Route tensor additions through ``zplug.layers.Sum`` modules, found by tracing with ``torch.fx``.
+"""Route tensor additions through ``zplug.layers.Sum`` modules, module by module (``torch.fx``).
 
 A residual connection ``out = block(x) + x`` is a functional addition: no module call, so no
 rule sees it and the plain gradient copies the full relevance to both summands (relevance
 is created out of nothing; Zennit's ResNet18 without canonizer sums to 243 instead of 1).
-:class:`ResidualSum` traces the model, replaces each addition of two tensors by a call of a
-``Sum`` module registered (temporarily) as a child of the module in which the addition was
-written, and installs the rewritten graph as the model's ``forward``. With ``Sum -> norm``
-each summand receives relevance in proportion to its contribution.
+:class:`ResidualSum` traces each module's own forward (its children are leaves, so they stay
+module calls and keep their rules: a squeeze-excitation inside a residual block is still called
+as a module), replaces each addition of two tensors by a call of a ``Sum`` child registered for
+the duration, and installs the rewritten forward on that module. With ``Sum -> norm`` each
+summand receives relevance in proportion to its contribution. Each rewritten forward is
+compared with the original on its first call (torch.fx fixes Python control flow while
+tracing); a difference undoes the rewrite and raises :class:`CanonizerError`.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import ClassVar
 
 import attrs
 
 from zplug._lazy import lazy_module
-from zplug.canonizers._patch import free_name, patching
-from zplug.canonizers.base import Canonizer
+from zplug.canonizers.rewrite import ForwardRewrite, Rewrite
+from zplug.errors import CanonizerError
 
 # Declaring the canonizer (to register or list it) needs no torch: it is imported on first use.
 torch = lazy_module("torch")
@@ -66,93 +67,72 @@ def _mutates_shared(node: torch.fx.Node) -> bool:
     return any(order[user] > order[node] for user in first.users if user is not node)
 
 
-def _owner(node: torch.fx.Node) -> str:
-    """The qualified name of the module whose forward wrote the addition (``""`` for the model)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    path = list(stack.values())[-1]
-    return path[0] if isinstance(path, tuple) else str(path)
+#: The name of the ``Sum`` children (``residual_sum_1``, ... where taken).
+CHILD = "residual_sum"
+_SUMS = frozenset({"sum"})
 
 
 def additions(model: torch.nn.Module) -> list[tuple[str, str]]:
-    """List the tensor additions ``torch.fx`` finds in ``model``: ``[(owner module, code), ...]``.
+    """List the tensor additions found in the modules' own forwards: ``[(module name, code), ...]``.
 
-    Raises
-    ------
-    zplug.canonizers._trace.NotTraceableError
-        If the model cannot be traced.
+    Modules that ``torch.fx`` cannot trace are skipped (see :func:`untraceable`).
     """
-    from zplug.canonizers._trace import trace
+    from zplug.canonizers._attention_impl import _Builder, _candidates, _trace_own
 
-    graph = trace(model, "residual_sum")
-    return [(_owner(n), _code(n)) for n in graph.nodes if _is_tensor_addition(n) and not _mutates_shared(n)]
-
-
-def _code(node: torch.fx.Node) -> str:
-    """``add = layer1_0_bn2 + maxpool``: the addition as the tracer recorded it."""
-    return f"{node.name} = {' + '.join(str(a) for a in node.args)}"
+    found = []
+    for name, module in _candidates(model):
+        try:
+            graph, _ = _trace_own(module)
+        except Exception:  # noqa: BLE001 -- reported by untraceable()
+            continue
+        found.extend((name, code) for code in _Builder(module, graph, _SUMS).additions())
+    return found
 
 
 @attrs.frozen(kw_only=True)
-class ResidualSum(Canonizer):
+class ResidualSum(ForwardRewrite):
     """Make every addition of two tensors a ``Sum`` module call, so that rules (``norm``) see it.
 
-    The model is traced with ``torch.fx`` (its class's ``forward``; torch's own modules,
-    ``Sum`` and already canonized modules are leaves). Each ``a + b``, ``a += b``,
-    ``torch.add(a, b)`` is replaced by ``Sum()(a, b)``; the ``Sum`` is registered as a child
-    of the module in which the addition was written, named ``residual_sum`` (``_1``, ``_2``
-    ... if needed), so mappings list it as ``layer1.0.residual_sum``. The rewritten graph
-    becomes the model's ``forward``. Everything is undone on exit.
+    Each module's own forward (not torch's or zplug's modules) is traced with ``torch.fx``,
+    its children as leaves; each ``a + b``, ``a += b``, ``torch.add(a, b)`` of two tensors is
+    replaced by a call of a ``Sum`` child named ``residual_sum`` (``_1``, ``_2`` ... if
+    taken), so mappings list it as ``layer1.0.residual_sum``. Modules that cannot be traced
+    keep their forward and are listed by :meth:`describe`; the coverage analysis reports any
+    addition left in them. Everything is undone on exit.
 
     Raises
     ------
     zplug.canonizers.base.CanonizerError
-        If ``torch.fx`` cannot trace the model (the message says why and what to do).
+        If no module could be rewritten because ``torch.fx`` cannot trace the model (the
+        message says why and what to do), or if a rewritten forward computes something else
+        than the original on its first call.
     """
 
     name: ClassVar[str] = "residual_sum"
     summary: ClassVar[str] = "route tensor additions (residual connections) through Sum modules (torch.fx)"
 
-    @contextmanager
-    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-        """Install the ``Sum`` modules and the rewritten forward; undo both on exit."""
-        from zplug.canonizers._trace import constants, trace
-        from zplug.layers import Sum
+    def _plan(self, model: torch.nn.Module) -> tuple[list[Rewrite], list[str]]:
+        from zplug.canonizers._attention_impl import functional_rewrites
 
-        traced = trace(model, self.name)
-        targets = [n for n in traced.nodes if _is_tensor_addition(n) and not _mutates_shared(n)]
-        if not targets:
-            yield model
-            return
-        graph = torch.fx.Graph()
-        mapping: dict[torch.fx.Node, torch.fx.Node] = {}
-        graph.output(graph.graph_copy(traced, mapping))
-        modules = dict(model.named_modules())
-        with patching() as stack:
-            for old in targets:
-                node = mapping[old]
-                owner_name = _owner(node) if _owner(node) in modules else ""
-                owner = modules[owner_name]
-                child = free_name(owner, "residual_sum")
-                stack.child(owner, child, Sum())
-                qualified = f"{owner_name}.{child}" if owner_name else child
-                with graph.inserting_before(node):
-                    call = graph.call_module(qualified, tuple(node.args))
-                call.meta = dict(node.meta)
-                node.replace_all_uses_with(call)
-                graph.erase_node(node)
-            graph.lint()
-            with patching() as constants_on_model:  # the graph module copies them; the model keeps none
-                for key, value in constants(traced).items():
-                    constants_on_model.attribute(model, key, value)
-                module = torch.fx.GraphModule(model, graph, class_name=f"{type(model).__name__}ResidualSum")
-            stack.attribute(model, "forward", module.forward)
-            yield model
+        return functional_rewrites(model, _SUMS, {"sum": CHILD})
+
+    def rewrites(self, model: torch.nn.Module) -> list[Rewrite]:
+        """One rewrite per module with additions; an error if nothing is traceable."""
+        plan, untraceable = self._plan(model)
+        if not plan and untraceable:
+            raise CanonizerError(
+                f"{self.name}: torch.fx cannot trace {type(model).__name__} ({'; '.join(untraceable)}). Typical "
+                "causes are Python control flow on tensor values or shapes, or calls fx cannot record. Fix: make "
+                "the model traceable (e.g. move the data-dependent part into a submodule), or write the operation "
+                "with modules (zplug.Sum()(a, b) instead of a + b), or use a model-specific canonizer from a plugin"
+            )
+        return plan
 
     def describe(self, model: torch.nn.Module) -> list[str]:
-        """One line per addition routed through a ``Sum``."""
-        return [f"{owner or '<model>'}: route '{code}' through a Sum module" for owner, code in additions(model)]
+        """One line per addition routed through a ``Sum``, and one per module that cannot be traced."""
+        plan, untraceable = self._plan(model)
+        lines = [f"{r.name or '<model>'}: route '{code}' through a Sum module" for r in plan for code in r.additions]
+        return lines + [f"{line}; additions written there get no rule" for line in untraceable]
 
 
-__all__ = ("ResidualSum", "additions")
+__all__ = ("CHILD", "ResidualSum", "additions")

@@ -47,6 +47,12 @@ class Rewrite:
         Modules registered as children for the duration (names must be free).
     what : str
         One line for :meth:`Canonizer.describe`.
+    graph : torch.fx.Graph or None
+        The new forward's graph, where it is one (later fx rewrites continue from it).
+    constants : Mapping[str, torch.Tensor]
+        The tensor constants ``graph`` refers to.
+    additions : tuple of str
+        The tensor additions routed through ``Sum`` modules, as code (for descriptions).
     """
 
     name: str
@@ -54,6 +60,9 @@ class Rewrite:
     forward: Callable[..., Any]
     children: Mapping[str, torch.nn.Module] = attrs.field(factory=dict)
     what: str = ""
+    graph: Any = None
+    constants: Mapping[str, Any] = attrs.field(factory=dict)
+    additions: tuple[str, ...] = ()
 
 
 class CheckedForward:
@@ -84,9 +93,18 @@ class CheckedForward:
         """Run the new forward; on the first call, compare with the original first."""
         if self.checked:
             return self.rewrite.forward(*args, **kwargs)
-        with torch.random.fork_rng(devices=[]), torch.no_grad():  # same random numbers for both runs (dropout)
-            expected = self.original(*args, **kwargs)
+        expected = self.expected(*args, **kwargs)
         output = self.rewrite.forward(*args, **kwargs)
+        self.confirm(output, expected)
+        return output
+
+    def expected(self, *args: Any, **kwargs: Any) -> Any:
+        """What the original forward returns for these arguments (no autograd, random state kept)."""
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # same random numbers for both runs (dropout)
+            return self.original(*args, **kwargs)
+
+    def confirm(self, output: Any, expected: Any) -> None:
+        """Accept the rewrite if ``output`` equals ``expected``; otherwise undo it and raise CanonizerError."""
         problem = difference(output, expected)
         if problem is not None:
             self.undo()
@@ -95,11 +113,11 @@ class CheckedForward:
             raise CanonizerError(
                 f"{self.canonizer}: the rewritten forward of {where} ({type(module).__name__}) does not compute what "
                 f"the original computes ({problem}); the rewrite is undone. The module probably uses a feature the "
-                "rewrite does not reproduce: leave this canonizer out, or write a canonizer for this module"
+                "rewrite does not reproduce (Python control flow that torch.fx fixed while tracing): leave this "
+                "canonizer out, or write a canonizer for this module"
             )
         self.checked = True
         _proven[self.rewrite.module] = self.signature
-        return output
 
 
 #: Modules whose rewrite passed the check, with the signature they had then (see :func:`_signature`).

@@ -118,6 +118,9 @@ def node_owner(node: torch.fx.Node, prefix: str) -> str:
 def graph_module_forward(module: torch.nn.Module) -> torch.fx.GraphModule | None:
     """The GraphModule whose ``forward`` a canonizer installed on ``module``, if any."""
     forward = module.__dict__.get("forward")
+    rewrite = getattr(forward, "rewrite", None)  # a checked rewrite (zplug.canonizers.rewrite.CheckedForward)
+    if rewrite is not None:
+        forward = rewrite.forward
     owner = getattr(forward, "__self__", None)
     return owner if isinstance(owner, torch.fx.GraphModule) and owner is not module else None
 

@@ -160,6 +160,12 @@ class _RuleFunction(torch.autograd.Function):
                 f"layer '{binding.name}' (rule '{binding.rule.name}') returned {type(output).__name__}; "
                 "rules need a tensor or a tuple of tensors as output"
             )
+        if any(_aliases(o, tensors) for o in outs):
+            # An output sharing memory with an input (an identity such as a merged BatchNorm, a reshape)
+            # would be a view of the input to autograd, and a following in-place op (ReLU(inplace=True))
+            # fails on views made inside a custom Function: hand out a copy instead.
+            outs = tuple(o.clone() if _aliases(o, tensors) else o for o in outs)
+            output = outs if isinstance(output, tuple) else outs[0]
         ctx.binding = binding
         ctx.spec = spec
         # A pass rule on a one-tensor layer of unchanged shape hands the relevance straight through.
@@ -201,6 +207,12 @@ class _RuleFunction(torch.autograd.Function):
         for observer in binding.observers:
             observer(binding, call, grad_outputs, relevance)
         return (None, None, *relevance)
+
+
+def _aliases(output: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> bool:
+    """True if ``output`` shares storage with one of ``inputs``."""
+    pointer = output.untyped_storage().data_ptr()
+    return any(pointer == x.untyped_storage().data_ptr() for x in inputs)
 
 
 #: The class of the autograd nodes that ``_RuleFunction`` makes.

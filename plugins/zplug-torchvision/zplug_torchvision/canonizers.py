@@ -23,7 +23,7 @@ from zplug.canonizers.attribute import bound
 if TYPE_CHECKING:
     import torch
     from torchvision.models.densenet import DenseNet
-    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.efficientnet import FusedMBConv, MBConv
     from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
     from torchvision.models.mobilenetv2 import MobileNetV2
     from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
@@ -54,11 +54,11 @@ def _inverted_residual_v2_forward(self: InvertedResidualV2, x: torch.Tensor) -> 
     return getattr(self, SUM)(x, out) if self.use_res_connect else out
 
 
-def _inverted_residual_v3_forward(self: InvertedResidualV3 | MBConv, x: torch.Tensor) -> torch.Tensor:
+def _inverted_residual_v3_forward(self: InvertedResidualV3 | MBConv | FusedMBConv, x: torch.Tensor) -> torch.Tensor:
     out = self.block(x)
     if not self.use_res_connect:
         return out
-    if hasattr(self, "stochastic_depth"):  # EfficientNet's MBConv; the identity in evaluation mode
+    if hasattr(self, "stochastic_depth"):  # EfficientNet's (Fused)MBConv; the identity in evaluation mode
         out = self.stochastic_depth(out)
     return getattr(self, SUM)(x, out)
 
@@ -81,12 +81,13 @@ def _mobilenet_v2_forward(self: MobileNetV2, x: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _block_forwards() -> dict[type, Any]:
     """``{block class: replacement forward}`` (imports torchvision's model classes)."""
-    from torchvision.models.efficientnet import MBConv
+    from torchvision.models.efficientnet import FusedMBConv, MBConv
     from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
     from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     return {
+        FusedMBConv: _inverted_residual_v3_forward,
         BasicBlock: _basic_block_forward,
         Bottleneck: _bottleneck_forward,
         InvertedResidualV2: _inverted_residual_v2_forward,
@@ -172,7 +173,7 @@ class DenseNetCanonizer(CompositeCanonizer):
 
     name: ClassVar[str] = "densenet"
     summary: ClassVar[str] = "torchvision DenseNet: merge conv->BatchNorm, final ReLU and pooling as modules"
-    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum")
+    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum", "functional_pooling")
 
     def parts(self) -> tuple[Canonizer, ...]:
         """BatchNorm merging, then the model's forward."""
@@ -181,11 +182,11 @@ class DenseNetCanonizer(CompositeCanonizer):
 
 @attrs.frozen(kw_only=True)
 class MobileNetCanonizer(CompositeCanonizer):
-    """torchvision MobileNetV2/V3 and EfficientNet: merge BatchNorm, inverted-residual additions through ``Sum``."""
+    """torchvision MobileNetV2/V3, EfficientNet V1/V2: merge BatchNorm, inverted-residual additions through ``Sum``."""
 
     name: ClassVar[str] = "mobilenet"
     summary: ClassVar[str] = "torchvision MobileNetV2/V3, EfficientNet: merge BatchNorm, residuals through Sum"
-    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum")
+    covers: ClassVar[tuple[str, ...]] = ("merge_batchnorm", "residual_sum", "functional_pooling")
 
     def parts(self) -> tuple[Canonizer, ...]:
         """BatchNorm merging, block forwards, model forward."""
