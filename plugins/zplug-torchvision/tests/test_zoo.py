@@ -53,3 +53,20 @@ def test_conserves_or_warns(name):
 
 def test_the_default_list_names_real_models():
     assert set(DEFAULT) <= set(zoo.model_names()) and len(zoo.model_names()) == 80
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3", "efficientnet_v2_s"])
+def test_ledger_works_with_inplace_activations_after_merged_batchnorms(name):
+    import torch
+
+    import zplug
+
+    model = zoo.build(name)
+    size = zoo.input_size(name)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    e = zplug.explain(model, x, target=3, preset=str(zoo.EPSILON_PRESET), ledger=True,
+                      epsilon=zoo.STABILIZER, stabilizer=zoo.STABILIZER)
+    assert "merge_batchnorm" in [c.name for c in e.mapping.canonizers] or name == "efficientnet_v2_s"
+    assert len([entry for entry in e.ledger.entries if entry.kind == "layer"]) > 50
+    assert [entry.name for entry in e.ledger.leaks() if abs(entry.lost) > 1e-9] == []
+    assert float(e.relevance.sum()) == pytest.approx(1.0, rel=1e-6)
