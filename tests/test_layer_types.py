@@ -55,8 +55,11 @@ def test_a_class_path_in_a_preset_is_checked_without_importing_its_package(regis
     assert package not in sys.modules
     with pytest.raises(SpecError) as info:
         check_layer_type("zplug_no_such_package.Gate", registry)
-    assert str(info.value) == "cannot import 'zplug_no_such_package.Gate' (no module 'zplug_no_such_package')"
-    assert layer_classes(f"{package}.layers.Gate", registry)[0].__name__ == "Gate"  # the resolver imports it
+    assert str(info.value) == "cannot find 'zplug_no_such_package.Gate' (no module 'zplug_no_such_package')"
+    assert layer_classes(f"{package}.layers.Gate", registry) == ()  # not imported: no model can hold a Gate
+    assert package not in sys.modules
+    __import__(f"{package}.layers")
+    assert layer_classes(f"{package}.layers.Gate", registry)[0].__name__ == "Gate"
 
 
 def test_a_plugin_declaring_something_else_than_a_class_or_path_is_broken(registry):
@@ -69,3 +72,30 @@ def test_a_plugin_declaring_something_else_than_a_class_or_path_is_broken(regist
     registry.register(Plugin, "bad")
     with pytest.warns(RuntimeWarning, match="'Gate' is neither a class nor a dotted class path"):
         assert "lazy_gate" not in registry.layer_types
+
+
+def test_checking_or_resolving_a_preset_never_runs_the_code_its_class_paths_name(tmp_path, monkeypatch):
+    """A preset is data: ``types = ["evil.Foo"]`` must not import ``evil`` (whose top level could do anything)."""
+    import subprocess
+
+    marker = tmp_path / "ran"
+    package = tmp_path / "zplug_evil_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    preset = tmp_path / "evil.toml"
+    preset.write_text(
+        'schema = 1\n[[layer_map]]\ntypes = ["zplug_evil_pkg.Foo", "zplug_evil_pkg.sub.Bar"]\nrule = "epsilon"\n'
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}"}
+    check = subprocess.run([sys.executable, "-m", "zplug", "check", str(preset)], env=env, capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr
+    code = (
+        "import torch, zplug\n"
+        f"m = zplug.resolve(torch.nn.Sequential(torch.nn.Linear(2, 2)), {str(preset)!r}, canonizers=[])\n"
+        "print(m['0'].rule)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "None"  # the class cannot be in the model: nothing matched
+    assert not marker.exists()

@@ -114,8 +114,14 @@ def explain(
         With ``strict=True``, for operations no rule covers.
     ModelMismatchError
         For a model in training mode whose forward pass would update running statistics.
+    InputError
+        For inputs holding NaN or infinite values.
+    RelevanceError
+        If the output or the relevance holds NaN or infinite values (the message names the first
+        layer where they appear).
     """
     from zplug.evalmode import check_eval_mode
+    from zplug.finite import check_inputs_finite, check_output_finite, check_relevance_finite
 
     check_eval_mode(model)
     if preset is not None and mapping is not None:
@@ -148,10 +154,18 @@ def explain(
         model, mapping, output_index=output_index, observers=() if book is None else (book.observe,)
     )
     watching = nullcontext() if book is None else book.watching(model)
+    check_inputs_finite(inputs)
     with session, watching:
         output, relevance = session(
             inputs, target, progress=progress, before_backward=None if book is None else book.trace
         )
+    check_output_finite(model, (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs), output)
+
+    def rerun(observer) -> None:
+        with attributor.session(model, mapping, output_index=output_index, observers=(observer,)) as again:
+            again(inputs, target)
+
+    check_relevance_finite(relevance, rerun)
     if book is not None:
         book.finish((relevance,) if isinstance(relevance, torch.Tensor) else relevance)
     return Explanation(output=output, relevance=relevance, mapping=mapping, ledger=book, attributor=attributor)

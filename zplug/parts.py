@@ -108,28 +108,43 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
+def _require_finite(name: str, value: Any) -> None:
+    # inf passes the type checks but turns every heatmap into NaN or grey: refuse it by name.
+    if isinstance(value, Real) and not isinstance(value, bool) and math.isinf(value):
+        raise SpecError(f"parameter '{name}' must be finite (got {value!r})")
+    if is_tensor(value) and value.is_floating_point():
+        import torch
+
+        if not bool(torch.isfinite(value).all()):
+            raise SpecError(f"parameter '{name}' must be finite (got a tensor with NaN or infinite entries)")
+
+
 def non_negative(name: str, value: Any) -> None:
-    """Accept a real number >= 0."""
+    """Accept a finite real number >= 0."""
+    _require_finite(name, value)
     if not _is_number(value) or value < 0:
         raise SpecError(f"parameter '{name}' must be a number >= 0 (got {value!r})")
 
 
 def non_negative_or_callable(name: str, value: Any) -> None:
-    """Accept a real number >= 0 or a callable ``f(z) -> stabilised z``."""
+    """Accept a finite real number >= 0 or a callable ``f(z) -> stabilised z``."""
     if callable(value):
         return
+    _require_finite(name, value)
     if not _is_number(value) or value < 0:
         raise SpecError(f"parameter '{name}' must be a number >= 0 or a callable f(z) (got {value!r})")
 
 
 def number(name: str, value: Any) -> None:
-    """Accept any real number."""
+    """Accept any finite real number."""
+    _require_finite(name, value)
     if not _is_number(value):
         raise SpecError(f"parameter '{name}' must be a number (got {value!r})")
 
 
 def number_or_tensor(name: str, value: Any) -> None:
-    """Accept a real number or a floating-point (or integer) tensor."""
+    """Accept a finite real number or a finite floating-point (or integer) tensor."""
+    _require_finite(name, value)
     if is_tensor(value):
         import torch
 

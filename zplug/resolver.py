@@ -120,6 +120,7 @@ def resolve(
                     has_params=next(module.parameters(recurse=False), None) is not None,
                 )
             )
+        _check_zero_params(preset, named, assignment, rules)
         ruled = {e.name: e.rule for e in entries if e.rule is not None}
         coverage, key = _coverage(model, structure, ruled, registry)
     mapping = LayerMapping(
@@ -264,6 +265,34 @@ def _build_rule(preset: Preset, entry: MapEntry, values: Mapping[str, Any], regi
         return build_part("rule", registry.rules[entry.rule.name], params)
     except SpecError as exc:
         raise SpecError(exc.message, file=entry.file, keypath=(entry.table, entry.index, "rule")) from None
+
+
+def _check_zero_params(
+    preset: Preset,
+    named: Sequence[tuple[str, torch.nn.Module]],
+    assignment: Mapping[str, MapEntry],
+    rules: Mapping[int, Any],
+) -> None:
+    """Refuse ``zero_params`` names that no layer given the rule has (a typo would otherwise zero nothing)."""
+    from zplug.engine.ops import params_of
+
+    available: dict[int, set[str]] = {}
+    for name, module in named:
+        entry = assignment.get(name)
+        if entry is not None and getattr(rules[id(entry)], "zero_params", ()):
+            available.setdefault(id(entry), set()).update(module._parameters, params_of(module))
+    for entry in {id(e): e for e in assignment.values()}.values():
+        have = available.get(id(entry))
+        if not have:  # the rule applies to no layer with parameters: nothing to check against
+            continue
+        for unknown in (n for n in rules[id(entry)].zero_params if n not in have):
+            close = difflib.get_close_matches(unknown, sorted(have), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "use one of these names"
+            raise SpecError(
+                f"zero_params names '{unknown}', which no layer given this rule has "
+                f"(their parameters: {', '.join(sorted(have))}; {hint})",
+                file=entry.file, keypath=(entry.table, entry.index, "rule"),
+            )
 
 
 def _choose_canonizers(

@@ -6,9 +6,12 @@ are already imported: a module whose class was never imported cannot be in any m
 nothing is imported to answer "is this module a convolution?". Checking a preset therefore
 needs the names only, and listing or checking presets does not import torch.
 
-A class path written in a preset (``types = ["mypkg.layers.Block"]``) is checked when the
-preset is loaded if its top-level package is already imported; otherwise only that the
-package exists, and the class is imported when the preset is resolved against a model.
+A class path written in a preset (``types = ["mypkg.layers.Block"]``) never imports anything,
+because a preset is data and must not run code: when the preset is checked, the class is looked
+up if its module is already imported, otherwise only the top-level package's existence is
+checked (finding a package runs none of its code). When the preset is resolved against a model,
+the path matches the modules of that class if its module is imported by then, and nothing
+otherwise: a class whose module was never imported cannot be in the model.
 """
 
 from __future__ import annotations
@@ -111,9 +114,11 @@ def check_layer_type(type_name: str, registry: PluginRegistry) -> None:
         raise SpecError(message[:-1] + "; or a class path such as 'torch.nn.Conv2d')")
     top = _check_path(type_name)
     if top in sys.modules:
-        module_class(type_name)
-    elif importlib.util.find_spec(top) is None:
-        raise SpecError(f"cannot import '{type_name}' (no module '{top}')")
+        cls = imported_class(type_name)
+        if cls is not None:
+            _check_module_class(type_name, cls)
+    elif importlib.util.find_spec(top) is None:  # finds the package on the path without running it
+        raise SpecError(f"cannot find '{type_name}' (no module '{top}')")
 
 
 def layer_classes(type_name: str, registry: PluginRegistry) -> tuple[type, ...]:
@@ -123,12 +128,12 @@ def layer_classes(type_name: str, registry: PluginRegistry) -> tuple[type, ...]:
         return layer_types[type_name]
     if "." not in type_name:
         check_layer_type(type_name, registry)  # raises the unknown-name message
-    return (module_class(type_name),)
+    _check_path(type_name)
+    cls = imported_class(type_name)  # never imports: a class not imported yet is in no model
+    return () if cls is None else (_check_module_class(type_name, cls),)
 
 
-def module_class(path: str) -> type:
-    """Import the class at ``path`` and check that it is a ``torch.nn.Module`` class."""
-    cls = import_class(path)
+def _check_module_class(path: str, cls: Any) -> type:
     torch = sys.modules.get("torch")
     if not (torch is not None and isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         raise SpecError(f"'{path}' is not a torch.nn.Module class")
@@ -170,5 +175,4 @@ __all__ = (
     "imported_class",
     "layer_classes",
     "merge_layer_types",
-    "module_class",
 )
