@@ -19,7 +19,7 @@ from zplug.registry import registry_or_default
 if TYPE_CHECKING:
     from zplug.registry import PluginRegistry
 
-_MAX_DEPTH = 16
+_MAX_DEPTH = 32  # a longer extends chain is a mistake, not a design
 
 
 def is_path(name_or_path: str | Path) -> bool:
@@ -32,7 +32,7 @@ def is_path(name_or_path: str | Path) -> bool:
 def find_preset(name_or_path: str | Path, *, registry: PluginRegistry | None = None) -> tuple[str, Any, str]:
     """Locate a preset: return ``(name, source, display_file)``.
 
-    ``source`` has ``read_bytes()`` (a ``Path`` or a package resource); ``display_file`` is
+    ``source`` has ``open("rb")`` (a ``Path`` or a package resource); ``display_file`` is
     what messages call it: the path as given, or ``plugin:presets/stem.toml`` for a
     registered preset.
 
@@ -79,14 +79,31 @@ def load_preset(name_or_path: str | Path, *, registry: PluginRegistry | None = N
     return _load(name_or_path, registry_or_default(registry), ())
 
 
-def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[str, ...]) -> Preset:
+def _identity(name: str, source: Any) -> str:
+    """What makes two presets the same: a file's real path (links resolved), else the registered name."""
+    if isinstance(source, Path):
+        try:
+            return str(source.resolve())
+        except OSError:
+            return str(source)
+    return f"{name}@{source}"
+
+
+def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[tuple[str, Any, str], ...]) -> Preset:
     name, source, display = find_preset(name_or_path, registry=registry)
     preset = Preset.from_toml(read_text(source, display), name=name, file=display, registry=registry)
     if preset.extends is None:
         return preset
-    if display in chain or len(chain) >= _MAX_DEPTH:
-        cycle = " -> ".join((*chain, display))
+    here = _identity(name, source)
+    seen = [_identity(name_, source_) for name_, source_, _ in chain]
+    if here in seen:
+        cycle = " -> ".join((*(display for _, _, display in chain[seen.index(here):]), display))
         raise SpecError(f"presets extend each other in a cycle ({cycle})", file=display, keypath=("extends",))
+    if len(chain) >= _MAX_DEPTH:
+        raise SpecError(
+            f"the extends chain is more than {_MAX_DEPTH} presets deep; merge some of them",
+            file=display, keypath=("extends",),
+        )
     parent_ref: str | Path = preset.extends
     if is_path(parent_ref) and isinstance(source, Path) and not Path(parent_ref).is_absolute():
         parent_ref = source.parent / parent_ref
@@ -96,7 +113,7 @@ def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[str, 
         raise SpecError(f"{exc.message} '{preset.extends}'", file=display, keypath=("extends",)) from None
     except ZplugError as exc:  # an unknown or ambiguous preset name
         raise SpecError(str(exc), file=display, keypath=("extends",)) from None
-    parent = _load(parent_ref, registry, (*chain, display))
+    parent = _load(parent_ref, registry, (*chain, (name, source, display)))
     merged = preset.merged_into(parent)
     check_preset(merged, registry)
     return merged

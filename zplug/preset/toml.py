@@ -19,20 +19,55 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+#: A preset larger than this is refused before it is parsed (presets are a few kilobytes).
+MAX_PRESET_BYTES = 4 * 1024 * 1024
+#: Arrays and tables nested deeper than this are refused (a preset needs four or five levels).
+MAX_NESTING = 64
+
+
 def parse_toml(text: str, *, file: str | None = None) -> dict[str, Any]:
-    """Parse TOML text; a syntax error becomes a :class:`SpecError` that keeps the line number."""
+    """Parse TOML text; a syntax error becomes a :class:`SpecError` that keeps the line number.
+
+    Raises
+    ------
+    SpecError
+        For invalid TOML, or arrays/tables nested deeper than :data:`MAX_NESTING` levels.
+    """
+    too_deep = SpecError(f"arrays or tables nested more than {MAX_NESTING} levels deep; a preset needs a few", file=file)
     try:
-        return tomllib.loads(text)
+        doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"invalid TOML: {exc}", file=file) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise too_deep from None
+    if _depth(doc) > MAX_NESTING:
+        raise too_deep
+    return doc
+
+
+def _depth(doc: Any) -> int:
+    """Nesting depth of parsed TOML, computed without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
 
 
 def read_text(source: Any, file: str) -> str:
-    """Read a preset file (``Path`` or ``Traversable``) as UTF-8 text, with one-line errors."""
+    """Read a preset file (``Path`` or ``Traversable``) as UTF-8 text, with one-line errors.
+
+    At most :data:`MAX_PRESET_BYTES` are read, so a device such as ``/dev/zero`` cannot exhaust memory.
+    """
     try:
-        data = source.read_bytes()
+        with source.open("rb") as stream:
+            data = stream.read(MAX_PRESET_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"cannot read preset file: {exc.strerror or exc}", file=file) from None
+    if len(data) > MAX_PRESET_BYTES:
+        raise SpecError(f"larger than {MAX_PRESET_BYTES // (1024 * 1024)} MiB; a preset is a few kilobytes", file=file)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
