@@ -306,10 +306,20 @@ def _choose_canonizers(
     if override is not None:
         if override == "auto":
             return _auto(model, registry, notes)
+        if isinstance(override, str):  # one name, e.g. canonizers="merge_batchnorm"
+            override = [override]
+        if not isinstance(override, Sequence):
+            raise SpecError(
+                "canonizers= must be 'auto', a canonizer name, a list of names or canonizer instances, or [] for none "
+                f"(got {type(override).__name__})"
+            )
         choices = []
         for item in override:
             if isinstance(item, str):
-                canonizer = _construct(PartSpec(name=item), preset, values, registry, ())
+                try:
+                    canonizer = _construct(PartSpec(name=item), preset, values, registry, ())
+                except SpecError as exc:  # the name came from the caller, not from the preset file
+                    raise SpecError(f"canonizers=: {exc.message}") from None
                 choices.append(_choice(item, canonizer, "given to resolve()", model))
             else:
                 choices.append(_choice(getattr(item, "name", type(item).__name__), item, "given to resolve()", model))

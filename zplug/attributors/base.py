@@ -344,7 +344,13 @@ def check_inputs(inputs: torch.Tensor | Sequence[torch.Tensor]) -> Tensors:
                 f"inputs must share the batch size (first dimension): input 0 has shape {tuple(xs[0].shape)}, "
                 f"input {i} has shape {tuple(x.shape)}"
             )
-    return tuple(x.detach() for x in xs)
+    if torch.is_inference_mode_enabled():
+        raise SpecError(
+            "relevance needs autograd, which torch.inference_mode() switches off: explain outside the "
+            "inference_mode block (torch.no_grad() around the call is fine)"
+        )
+    # A tensor made under inference_mode cannot join autograd; a copy made here can (same values).
+    return tuple(x.clone() if x.is_inference() else x.detach() for x in xs)
 
 
 def select_output(output: Any, index: int | None) -> torch.Tensor:
