@@ -26,9 +26,20 @@ COMMANDS: tuple[str, ...] = (
 )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the command and pointing to its ``--help``.
+
+    argparse's default prints the whole usage block before the error, which buries the one line
+    that matters in scripts and logs. Sub-command parsers are of this class too.
+    """
+
+    def error(self, message: str) -> None:  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(prog="zplug", description="Layer-wise Relevance Propagation for PyTorch.")
+    parser = OneLineParser(prog="zplug", description="Layer-wise Relevance Propagation for PyTorch.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS:
         importlib.import_module(module_name).add_parser(subparsers)
@@ -48,6 +59,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zplug: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``zplug presets | head -1``): stop quietly, as Unix tools do. Python
+        # would complain again when it flushes stdout at exit, so point stdout at /dev/null first.
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real file descriptor behind stdout (e.g. captured in tests)
+        pass
 
 
 @contextmanager
@@ -67,4 +94,4 @@ def warnings_as_lines() -> Iterator[None]:
         yield
 
 
-__all__ = ("COMMANDS", "build_parser", "main", "warnings_as_lines")
+__all__ = ("COMMANDS", "OneLineParser", "build_parser", "main", "warnings_as_lines")

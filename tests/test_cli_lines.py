@@ -1,0 +1,51 @@
+"""The command line fails in one line and stops quietly when its reader goes away."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+ZPLUG = [sys.executable, "-m", "zplug"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["explian"], "zplug: error: argument COMMAND: invalid choice: 'explian' (choose from 'plugins', 'presets', "
+                      "'check', 'mapping', 'explain', 'evaluate', 'tune') (see zplug --help)"),
+        (["presets", "--jsn"], "zplug: error: unrecognized arguments: --jsn (see zplug --help)"),
+        (["explain", "--batch-size", "x"],
+         "zplug explain: error: argument --batch-size: invalid int value: 'x' (see zplug explain --help)"),
+    ],
+)
+def test_argument_errors_are_one_line_without_the_usage_block(argv, line):
+    run = subprocess.run([*ZPLUG, *argv], capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [line]
+
+
+def test_a_broken_pipe_ends_the_command_with_141_and_no_traceback(monkeypatch, capsys):
+    from zplug.cli import main
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["presets"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    proc = subprocess.Popen([*ZPLUG, "plugins", "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            bufsize=0)
+    proc.stdout.read(1)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 141)  # 0 when everything fit in the pipe before it closed
+    assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()
