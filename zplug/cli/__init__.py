@@ -73,7 +73,7 @@ def _silence_stdout() -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
-    except (OSError, ValueError):  # no real file descriptor behind stdout (e.g. captured in tests)
+    except (OSError, ValueError, AttributeError):  # no real file descriptor behind stdout (e.g. captured in tests)
         pass
 
 
