@@ -63,7 +63,10 @@ def test_json_lists_the_example_plugin_and_its_rule_is_usable_by_name():
         "hooks": ["zplug_register_presets", "zplug_register_rules"],
         "registered": {"rules": ["epsilon_scaled"], "presets": ["example_epsilon_scaled"]},
         "error": None,
-    }]
+        "disabled": False,
+        "extends_builtin": {},
+    }] + [entry for entry in json.loads(result.stdout)[1:] if entry["disabled"]]
+    assert sorted(entry["name"] for entry in json.loads(result.stdout)[1:]) == sorted(OTHERS.split(","))
     script = (
         "from zplug.rules import rule\n"
         "for r in (rule('epsilon_scaled', epsilon=0.5), rule('example:epsilon_scaled')):\n"
@@ -101,10 +104,15 @@ def test_text_lists_distribution_what_was_registered_errors_and_conflicts(fake_d
         "twin: zplug-fake 1.2\n"
         "  module: zplug_fake_twin\n"
         "  rules: epsilon2\n"
+        f"disabled (ZPLUG_DISABLE_PLUGINS): {', '.join(sorted(INSTALLED.split(',')))}\n"
         "conflict: rule 'epsilon2' is registered by 2 plugins; use 'good:epsilon2' or 'twin:epsilon2'\n"
     )
 
 
-def test_disabled_plugins_are_not_listed(fake_distribution):
-    result = run("plugins", pythonpath=fake_distribution, disable=f"{INSTALLED},twin,broken")
-    assert result.stdout == "good: zplug-fake 1.2\n  module: zplug_fake_good\n  rules: epsilon2\n"
+def test_disabled_plugins_are_listed_as_disabled_and_unknown_names_are_named(fake_distribution):
+    result = run("plugins", pythonpath=fake_distribution, disable=f"{INSTALLED},twin,broken,zplug-nothing")
+    assert result.stdout == (
+        "good: zplug-fake 1.2\n  module: zplug_fake_good\n  rules: epsilon2\n"
+        f"disabled (ZPLUG_DISABLE_PLUGINS): {', '.join(sorted([*INSTALLED.split(','), 'twin', 'broken']))}\n"
+        "ZPLUG_DISABLE_PLUGINS: 'zplug-nothing' matches no installed plugin, distribution or built-in module\n"
+    )

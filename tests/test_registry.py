@@ -11,6 +11,7 @@ import types
 import attrs
 import pytest
 import torch
+import zplug
 
 from zplug import hookimpl
 from zplug.errors import PluginConflictError, PluginLoadError, UnknownNameError
@@ -140,6 +141,8 @@ def test_plugin_info_names_distribution_version_module_and_hooks(entry_points):
         "hooks": ["zplug_register_rules"],
         "registered": {"rules": ["epsilon2"]},
         "error": None,
+        "disabled": False,
+        "extends_builtin": {},
     }
 
 
@@ -195,13 +198,91 @@ def test_blocked_plugin_is_never_loaded(entry_points, monkeypatch, blocked, via)
     entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
     b = entry_points.add("b", make_plugin("b_module", registers_rules(Epsilon2B)), dist="zplug-b")
     if via == "environment":
-        monkeypatch.setenv("ZPLUG_DISABLE_PLUGINS", f" nothing , {blocked}")
+        monkeypatch.setenv("ZPLUG_DISABLE_PLUGINS", f" {blocked} ")
         registry = PluginRegistry(autoload=True)
     else:
         registry = PluginRegistry(autoload=True, disable=[blocked])
     assert registry.rules["epsilon2"] is Epsilon2A  # no conflict: b is not there
-    assert [p.name for p in registry.plugins()] == ["a"]
+    assert [(p.name, p.disabled) for p in registry.plugins()] == [("a", False), ("b", True)]
     assert b.loads == 0
+
+
+@pytest.mark.parametrize("written", ["ZPLUG_B", "zplug.b", "Zplug__B"])
+def test_a_distribution_name_is_matched_the_way_pip_normalises_it(entry_points, written):
+    b = entry_points.add("b", make_plugin("b_module", registers_rules(Epsilon2B)), dist="zplug-b")
+    registry = PluginRegistry(autoload=True, disable=[written])
+    assert "epsilon2" not in registry.rules and b.loads == 0
+
+
+def test_a_disable_name_that_matches_nothing_is_warned_about(entry_points):
+    entry_points.add("a", make_plugin("a_module", registers_rules(Epsilon2A)), dist="zplug-a")
+    registry = PluginRegistry(autoload=True, disable=["zplug-aa", "a"])
+    with pytest.warns(RuntimeWarning) as record:
+        registry.load_entry_points()
+    assert [str(w.message) for w in record] == [
+        "ZPLUG_DISABLE_PLUGINS names 'zplug-aa', which match no installed plugin (installed: a; built-in modules: "
+        + ", ".join(BUILTIN_PLUGINS) + ")"
+    ]
+
+
+def test_zplug_plugins_lists_a_disabled_plugin_as_disabled(entry_points, monkeypatch, capsys):
+    from zplug.cli.plugins import format_plugin
+
+    entry_points.add("b", make_plugin("b_module", registers_rules(Epsilon2B)), dist="zplug-b")
+    registry = PluginRegistry(autoload=True, disable=["zplug-b"])
+    (info,) = registry.plugins()
+    assert format_plugin(info).splitlines()[0] == "b: zplug-b 1.0 [disabled]"
+    assert info.to_dict()["disabled"] is True
+
+
+# -- name clashes with built-ins -------------------------------------------------------------------
+ClashingEpsilon = rule_class("epsilon", "ClashingEpsilon")
+
+
+def test_a_third_party_rule_named_like_a_builtin_changes_no_builtin_preset(entry_points):
+    import torch
+
+    from zplug.rules.lrp import Epsilon
+
+    entry_points.add("clash", make_plugin("clash_module", registers_rules(ClashingEpsilon)), dist="zplug-clash")
+    registry = PluginRegistry(autoload=True)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2)).eval()
+    mapping = zplug.resolve(model, "epsilon_plus", canonizers=[], registry=registry)
+    assert type(mapping["0"].rule) is Epsilon
+    assert registry.conflicts() == {"rules": {"epsilon": ["zplug", "clash"]}}
+
+
+def test_the_clashing_name_itself_is_ambiguous_in_a_users_preset(entry_points, tmp_path):
+    import torch
+
+    entry_points.add("clash", make_plugin("clash_module", registers_rules(ClashingEpsilon)), dist="zplug-clash")
+    registry = PluginRegistry(autoload=True)
+    preset = tmp_path / "mine.toml"
+    preset.write_text('schema = 1\n[[layer_map]]\ntypes = ["linear"]\nrule = "epsilon"\n')
+    with pytest.raises(zplug.SpecError) as info:
+        zplug.resolve(torch.nn.Sequential(torch.nn.Linear(3, 2)), preset, registry=registry)
+    assert str(info.value) == (
+        f"{preset}: layer_map[0].rule: rule 'epsilon' is registered by plugins 'zplug' and 'clash'; select one "
+        "with 'zplug:epsilon' or 'clash:epsilon', or disable a plugin with ZPLUG_DISABLE_PLUGINS"
+    )
+    preset.write_text('schema = 1\n[[layer_map]]\ntypes = ["linear"]\nrule = "clash:epsilon"\n')
+    assert zplug.load_preset(preset, registry=registry).layer_map[0].rule.name == "clash:epsilon"
+
+
+def test_a_plugin_adding_to_a_builtin_layer_type_is_reported(entry_points):
+    def zplug_register_layer_types():
+        return {"activation": ["torch.nn.Conv2d"], "own": ["torch.nn.Conv2d"]}
+
+    entry_points.add("widen", make_plugin("widen_module", zplug_register_layer_types), dist="zplug-widen")
+    registry = PluginRegistry(autoload=True)
+    (info,) = registry.plugins()
+    assert info.extends_builtin == {"activation": ("torch.nn.Conv2d",)}
+    from zplug.cli.plugins import format_plugin
+
+    assert (
+        "  changes built-in layer type 'activation' (and so the built-in presets): adds torch.nn.Conv2d"
+        in format_plugin(info).splitlines()
+    )
 
 
 def test_a_builtin_module_can_be_blocked(entry_points):

@@ -8,7 +8,14 @@ points of the group ``zplug`` once. Environment switches, read when a registry i
     do not load entry points (built-ins only);
 ``ZPLUG_DISABLE_PLUGINS=a,b``
     skip the plugins named ``a`` and ``b``: entry-point names, distribution names
-    (``zplug-example``) or built-in module names (``zplug.layertypes``).
+    (``zplug-example``, compared the way pip compares them: ``Zplug_Example`` is the same) or
+    built-in module names (``zplug.layertypes``). A name that matches nothing is warned
+    about; disabled plugins are listed as disabled by ``zplug plugins``.
+
+Name clashes: an unqualified name registered by several plugins is an error where it is used
+(``"plugin:name"`` selects one), except inside a registered preset, where names refer first to
+the preset's own plugin and then to zplug's built-ins: a third-party plugin that registers a rule
+called ``epsilon`` cannot change what the built-in presets mean.
 
 A plugin that fails to import, or whose hook raises, is recorded with its error (see
 :meth:`PluginRegistry.plugins` and ``zplug plugins``); every other plugin keeps working.
@@ -19,9 +26,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import os
+import re
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -46,6 +56,28 @@ BUILTIN = "zplug"  #: the plugin name that qualifies built-in parts: ``"zplug:ep
 ENTRY_POINT_GROUP = "zplug"
 
 T = TypeVar("T")
+
+#: Plugins whose registrations win an unqualified name clash, innermost preset first (see :func:`preferring`).
+_PREFERRED: ContextVar[tuple[str, ...]] = ContextVar("zplug_preferred_plugins", default=())
+
+
+@contextmanager
+def preferring(*plugins: str) -> Iterator[None]:
+    """Within the block, an unqualified name registered by several plugins resolves to ``plugins``' first.
+
+    Used while a registered preset is read, so that its names mean its own plugin's parts or zplug's
+    built-ins whatever else is installed.
+    """
+    token = _PREFERRED.set(plugins)
+    try:
+        yield
+    finally:
+        _PREFERRED.reset(token)
+
+
+def normalize_distribution(name: str) -> str:
+    """A distribution name as pip compares it: lower case, runs of ``-``, ``_``, ``.`` as one ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 @attrs.frozen(kw_only=True)
@@ -77,6 +109,11 @@ class PluginInfo:
         What it registered, by kind (``{"rules": ("epsilon_scaled",)}``).
     error : str or None
         Why it failed to load, or which of its hooks raised.
+    disabled : bool
+        Whether ``ZPLUG_DISABLE_PLUGINS`` (or ``disable=``) kept it from loading.
+    extends_builtin : Mapping[str, tuple of str]
+        Members it adds to zplug's built-in layer types (``{"activation": ("mypkg.Gate",)}``): these
+        change which layers the built-in presets give those types' rules.
     """
 
     name: str
@@ -87,6 +124,8 @@ class PluginInfo:
     hooks: tuple[str, ...] = ()
     registered: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
     error: str | None = None
+    disabled: bool = False
+    extends_builtin: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dictionary."""
@@ -99,6 +138,8 @@ class PluginInfo:
             "hooks": list(self.hooks),
             "registered": {kind: list(names) for kind, names in self.registered.items()},
             "error": self.error,
+            "disabled": self.disabled,
+            "extends_builtin": {kind: list(names) for kind, names in self.extends_builtin.items()},
         }
 
 
@@ -148,6 +189,11 @@ class Catalog(Mapping[str, T]):
             candidates = [e for e in candidates if e.plugin == plugin]
         if not candidates:
             raise UnknownNameError(self._unknown(name, plugin if sep else None, bare))
+        if len(candidates) > 1 and not sep:
+            for preferred in _PREFERRED.get():
+                chosen = [e for e in candidates if e.plugin == preferred]
+                if chosen:
+                    return chosen[0]
         if len(candidates) > 1:
             owners = _join((f"'{e.plugin}'" for e in candidates), "and")
             choices = _join((f"'{e.plugin}:{e.name}'" for e in candidates), "or")
@@ -198,6 +244,10 @@ class Catalog(Mapping[str, T]):
         """Return ``{name: [plugin, ...]}`` for names registered more than once."""
         return {n: [e.plugin for e in es] for n, es in sorted(self._by_name.items()) if len(es) > 1}
 
+    def is_ambiguous(self, name: str) -> bool:
+        """Whether ``name`` is unqualified and registered by several plugins."""
+        return ":" not in name and len(self._by_name.get(name, ())) > 1
+
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
@@ -235,6 +285,8 @@ class PluginRegistry:
     ) -> None:
         self.autoload = not _env_flag("ZPLUG_DISABLE_PLUGIN_AUTOLOAD") if autoload is None else autoload
         self.disabled = frozenset(_env_list("ZPLUG_DISABLE_PLUGINS") if disable is None else disable)
+        self._disabled_normalized = {normalize_distribution(n): n for n in self.disabled}
+        self._disabled_used: set[str] = set()
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
@@ -242,6 +294,7 @@ class PluginRegistry:
         self._loaded = False
         self._catalogs: dict[str, Catalog[Any]] = {}
         modules = [m for m in (BUILTIN_PLUGINS if builtins is None else builtins) if m not in self.disabled]
+        self._disabled_used.update(m for m in (BUILTIN_PLUGINS if builtins is None else builtins) if m in self.disabled)
         for module_name in modules:
             self.pm.register(importlib.import_module(module_name), name=module_name)
             self._owner[module_name] = BUILTIN
@@ -305,7 +358,12 @@ class PluginRegistry:
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
             version = dist.version if dist is not None else None
-            if ep.name in self.disabled or (dist_name and dist_name in self.disabled):
+            if self._is_disabled(ep.name, dist_name):
+                if ep.name not in self._info:
+                    self._info[ep.name] = PluginInfo(
+                        name=ep.name, distribution=dist_name, version=version, builtin=False, modules=(ep.value,),
+                        disabled=True,
+                    )
                 continue
             if ep.name in self._info:
                 self._record_error(ep.name, f"{dist_name or ep.value} also uses the plugin name '{ep.name}'; ignored")
@@ -317,6 +375,29 @@ class PluginRegistry:
                     name=ep.name, distribution=dist_name, version=version, builtin=False, modules=(ep.value,)
                 )
                 self._record_error(ep.name, f"cannot load {ep.value}: {_describe(exc)}")
+
+        unused = self.unmatched_disabled()
+        if unused:
+            installed = sorted(n for n, info in self._info.items() if not info.builtin)
+            warnings.warn(
+                f"ZPLUG_DISABLE_PLUGINS names {_join((repr(n) for n in unused), 'and')}, which match no installed "
+                f"plugin (installed: {', '.join(installed) or 'none'}; built-in modules: {', '.join(BUILTIN_PLUGINS)})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def unmatched_disabled(self) -> list[str]:
+        """Names given to disable that matched no plugin, distribution or built-in module (after loading)."""
+        return sorted(n for n in self.disabled if n not in self._disabled_used)
+
+    def _is_disabled(self, plugin: str, distribution: str | None) -> bool:
+        """Whether a plugin is disabled by its entry-point name or its (normalised) distribution name."""
+        hits = [n for n in (plugin, distribution) if n and n in self.disabled]
+        for name in (plugin, distribution):
+            if name and normalize_distribution(name) in self._disabled_normalized:
+                hits.append(self._disabled_normalized[normalize_distribution(name)])
+        self._disabled_used.update(hits)
+        return bool(hits)
 
     def _record_error(self, name: str, error: str) -> None:
         info = self._info[name]
@@ -508,6 +589,7 @@ class PluginRegistry:
         Built-in parts are listed under the single plugin ``"zplug"`` when ``include_builtin``.
         """
         catalogs = self._catalogs_by_kind()  # loads entry points, and records hooks that raise
+        extensions = self.builtin_type_extensions()
         hooks: dict[str, set[str]] = {}
         for name, plugin in self.pm.list_name_plugin():
             owner = self._owner.get(name, name)
@@ -524,9 +606,25 @@ class PluginRegistry:
                     info,
                     hooks=tuple(sorted(hooks.get(info.name, ()))),
                     registered={k: v for k, v in registered.items() if v},
+                    extends_builtin=extensions.get(info.name, {}),
                 )
             )
         return sorted(result, key=lambda i: (not i.builtin, i.name))
+
+    def builtin_type_extensions(self) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Return ``{plugin: {layer type: (class path, ...)}}`` for members plugins add to built-in layer types."""
+        from zplug.preset.classes import class_path
+
+        entries = self._layer_type_catalog().entries()
+        builtin = {e.name: {class_path(m) for m in e.obj} for e in entries if e.plugin == BUILTIN}
+        found: dict[str, dict[str, tuple[str, ...]]] = {}
+        for entry in entries:
+            if entry.plugin == BUILTIN or entry.name not in builtin:
+                continue
+            added = tuple(p for p in map(class_path, entry.obj) if p not in builtin[entry.name])
+            if added:
+                found.setdefault(entry.plugin, {})[entry.name] = added
+        return found
 
 
 def _named_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:

@@ -38,7 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if not infos:
         print("no third-party plugins installed (--all shows zplug's built-in plugin)")
     for info in infos:
-        print(format_plugin(info))
+        if not info.disabled:
+            print(format_plugin(info))
+    disabled = [info.name for info in infos if info.disabled]
+    if disabled:
+        print(f"disabled (ZPLUG_DISABLE_PLUGINS): {', '.join(disabled)}")
+    for name in registry.unmatched_disabled():
+        print(f"ZPLUG_DISABLE_PLUGINS: '{name}' matches no installed plugin, distribution or built-in module")
     for kind, names in conflicts.items():
         for name, owners in names.items():
             choices = " or ".join(f"'{owner}:{name}'" for owner in owners)
@@ -49,10 +55,15 @@ def run(args: argparse.Namespace) -> int:
 def format_plugin(info: PluginInfo) -> str:
     """Format one plugin as a heading line and indented details."""
     dist = f"{info.distribution} {info.version or '(version unknown)'}" if info.distribution else "not installed"
-    lines = [f"{info.name}: {dist}{' [builtin]' if info.builtin else ''}"]
+    flags = (" [builtin]" if info.builtin else "") + (" [disabled]" if info.disabled else "")
+    lines = [f"{info.name}: {dist}{flags}"]
     if info.modules:
         lines.append(f"  module: {', '.join(info.modules)}")
     lines.extend(f"  {kind.replace('_', ' ')}: {', '.join(names)}" for kind, names in info.registered.items())
+    lines.extend(
+        f"  changes built-in layer type '{kind}' (and so the built-in presets): adds {', '.join(members)}"
+        for kind, members in info.extends_builtin.items()
+    )
     if info.error:
         lines.append(f"  error: {info.error}")
     return "\n".join(lines)

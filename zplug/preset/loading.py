@@ -14,7 +14,7 @@ from zplug.errors import SpecError, ZplugError
 from zplug.preset.records import Preset
 from zplug.preset.toml import read_text
 from zplug.preset.validate import check_preset
-from zplug.registry import registry_or_default
+from zplug.registry import BUILTIN, preferring, registry_or_default
 
 if TYPE_CHECKING:
     from zplug.registry import PluginRegistry
@@ -90,6 +90,14 @@ def _identity(name: str, source: Any) -> str:
 
 
 def _load(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[tuple[str, Any, str], ...]) -> Preset:
+    if is_path(name_or_path):
+        return _load_found(name_or_path, registry, chain)
+    # A registered preset's names mean its own plugin's parts, then zplug's: a clash elsewhere cannot change it.
+    with preferring(*dict.fromkeys((registry.presets.entry(str(name_or_path)).plugin, BUILTIN))):
+        return _load_found(name_or_path, registry, chain)
+
+
+def _load_found(name_or_path: str | Path, registry: PluginRegistry, chain: tuple[tuple[str, Any, str], ...]) -> Preset:
     name, source, display = find_preset(name_or_path, registry=registry)
     preset = Preset.from_toml(read_text(source, display), name=name, file=display, registry=registry)
     if preset.extends is None:

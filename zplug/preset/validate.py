@@ -165,9 +165,12 @@ def _part(value: Any, kind: str, catalog: Any) -> tuple[PartSpec, type]:
     else:
         raise SpecError(f"must be a {kind} name or a table {{ name = ..., ... }} (got {describe(value)})")
     try:
-        cls = catalog[name]
+        entry = catalog.entry(name)
     except ZplugError as exc:
         raise SpecError(str(exc)) from None
+    cls = entry.obj
+    if catalog.is_ambiguous(name):  # settled by the preset's plugin: keep that choice when the rule is built
+        name = f"{entry.plugin}:{name}"
     fields = {f.name: f for f in attrs.fields(cls)}
     params: dict[str, Any] = {}
     for key, item in raw.items():
