@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import zplug
-from zplug.rules import rule as make_rule
 from zplug.errors import InputError, RelevanceError, SpecError
+from zplug.rules import rule as make_rule
 
 
 def _model() -> torch.nn.Module:

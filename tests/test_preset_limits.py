@@ -29,7 +29,9 @@ def test_a_long_chain_that_is_not_a_cycle_loads(tmp_path):
 def test_a_chain_beyond_the_limit_is_called_too_deep_not_a_cycle(tmp_path):
     with pytest.raises(SpecError) as info:
         zplug.load_preset(_chain(tmp_path, 40))
-    assert str(info.value) == f"{tmp_path}/p32.toml: extends: the extends chain is more than 32 presets deep; merge some of them"
+    assert str(info.value) == (
+        f"{tmp_path}/p32.toml: extends: the extends chain is more than 32 presets deep; merge some of them"
+    )
 
 
 def test_a_cycle_through_a_symbolic_link_is_found_by_the_real_path(tmp_path):
@@ -47,7 +49,9 @@ def test_deep_nesting_is_refused_without_recursion_error(tmp_path):
     path.write_text("schema = 1\nx = " + "[" * 3000 + "]" * 3000 + "\n")
     with pytest.raises(SpecError) as info:
         zplug.load_preset(path)
-    assert str(info.value) == f"{path}: arrays or tables nested more than {MAX_NESTING} levels deep; a preset needs a few"
+    assert str(info.value) == (
+        f"{path}: arrays or tables nested more than {MAX_NESTING} levels deep; a preset needs a few"
+    )
 
 
 def test_nesting_just_past_the_limit_is_refused_and_at_the_limit_is_parsed(tmp_path):

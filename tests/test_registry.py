@@ -11,8 +11,8 @@ import types
 import attrs
 import pytest
 import torch
-import zplug
 
+import zplug
 from zplug import hookimpl
 from zplug.errors import PluginConflictError, PluginLoadError, UnknownNameError
 from zplug.hookspecs import hook_names

@@ -33,7 +33,9 @@ def parse_toml(text: str, *, file: str | None = None) -> dict[str, Any]:
     SpecError
         For invalid TOML, or arrays/tables nested deeper than :data:`MAX_NESTING` levels.
     """
-    too_deep = SpecError(f"arrays or tables nested more than {MAX_NESTING} levels deep; a preset needs a few", file=file)
+    too_deep = SpecError(
+        f"arrays or tables nested more than {MAX_NESTING} levels deep; a preset needs a few", file=file
+    )
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
