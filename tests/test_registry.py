@@ -569,3 +569,40 @@ def test_every_hook_has_a_test(hook):
 
 def test_hook_names_are_the_hookspecs():
     assert hook_names() == sorted(PluginRegistry(autoload=False, builtins=()).pm.hook.__dict__)
+
+
+def test_hook_zplug_register_commands(registry, tmp_path, monkeypatch, capsys):
+    from zplug.cli import build_parser, main
+
+    (tmp_path / "zplug_hello_cli.py").write_text(
+        "def add_parser(subparsers):\n"
+        "    p = subparsers.add_parser('hello', help='say hello')\n"
+        "    p.add_argument('--name', default='world')\n"
+        "    p.set_defaults(run=lambda args: print(f'hello {args.name}'))\n"
+    )
+    (tmp_path / "zplug_broken_cli.py").write_text("raise ImportError('needs a library that is missing')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def zplug_register_commands():
+        return {"hello": "zplug_hello_cli", "explain": "zplug_hello_cli", "broken": "zplug_broken_cli"}
+
+    registry.register(make_plugin("cli_module", zplug_register_commands), "cli")
+    assert registry.commands["hello"] == "zplug_hello_cli"
+    assert main(["hello", "--name", "zplug"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "hello zplug\n"
+    assert err.splitlines() == [  # in name order
+        "zplug: warning: plugin 'cli': command 'broken' is broken (zplug_broken_cli: ImportError: needs a library "
+        "that is missing); ignored",
+        "zplug: warning: plugin 'cli': command 'explain' is already taken (by zplug or an earlier plugin); ignored",
+    ]
+    assert "explain" in build_parser()._subparsers._group_actions[0].choices  # zplug's own command stays
+
+
+def test_a_command_module_that_is_not_a_module_name_marks_its_plugin_broken(registry):
+    def zplug_register_commands():
+        return {"hello": "not a module"}
+
+    registry.register(make_plugin("cli_module", zplug_register_commands), "cli")
+    with pytest.warns(RuntimeWarning, match="'not a module' is not a module name such as 'my_plugin.cli'"):
+        assert "hello" not in registry.commands

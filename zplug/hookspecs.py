@@ -117,6 +117,19 @@ def zplug_register_models() -> Mapping[str, Callable[..., torch.nn.Module]] | No
 
 
 @hookspec
+def zplug_register_commands() -> Mapping[str, str] | None:
+    """Map command names to modules that add them to the ``zplug`` command line.
+
+    ``{"explain-text": "my_plugin.cli"}`` makes ``zplug explain-text`` available. The module is
+    imported when the command line is built and must define ``add_parser(subparsers)``, which
+    adds a parser of that name (``subparsers.add_parser("explain-text", ...)``) and sets
+    ``run=callable(args) -> int | None`` as its default. It should import nothing heavy at module
+    level (``zplug --help`` imports it). A name zplug already uses, or a module that fails, is
+    reported as a one-line warning and skipped. Return ``None`` or an empty mapping for none.
+    """
+
+
+@hookspec
 def zplug_register_op_treatments() -> Mapping[object, object] | None:
     """Declare how operations without a rule are treated, for the coverage analysis.
 

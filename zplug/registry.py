@@ -460,6 +460,11 @@ class PluginRegistry:
         return self._collect("model", "zplug_register_models", _named_items)
 
     @property
+    def commands(self) -> Catalog[str]:
+        """Command-line modules by command name (``{"explain-text": "zplug_transformers.cli"}``)."""
+        return self._collect("command", "zplug_register_commands", _command_items)
+
+    @property
     def metrics(self) -> Catalog[type]:
         """Metric classes by name."""
         return self._collect("metric", "zplug_register_metrics", _metric_classes)
@@ -571,6 +576,7 @@ class PluginRegistry:
             "presets": self.presets,
             "models": self.models,
             "metrics": self.metrics,
+            "commands": self.commands,
             "layer_types": self._layer_type_catalog(),
         }
 
@@ -656,6 +662,15 @@ def _metric_classes(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
 def _stem_named(result: Iterable[Any]) -> Iterator[tuple[str, Any]]:
     for path in result:
         yield _checked_name(path.name.rsplit(".", 1)[0]), path
+
+
+def _command_items(result: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    for name, module in dict(result).items():
+        if not (isinstance(module, str) and module.replace(".", "_").isidentifier()):
+            raise TypeError(f"command '{name}': {module!r} is not a module name such as 'my_plugin.cli'")
+        if not (isinstance(name, str) and name and name.replace("-", "_").isidentifier()):
+            raise TypeError(f"{name!r} is not a command name such as 'explain-text'")
+        yield name, module
 
 
 def _named_items(result: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:

@@ -43,7 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS:
         importlib.import_module(module_name).add_parser(subparsers)
+    _add_plugin_commands(subparsers)
     return parser
+
+
+def _add_plugin_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add the commands plugins register (``zplug_register_commands``); a broken one is one warning line."""
+    from zplug.registry import default_registry
+
+    with warnings.catch_warnings():  # a plugin that fails to load is listed by `zplug plugins`
+        warnings.simplefilter("ignore", RuntimeWarning)
+        entries = default_registry().commands.entries()
+    for entry in entries:
+        where = f"plugin '{entry.plugin}': command '{entry.name}'"
+        if entry.name in subparsers.choices:
+            print(f"zplug: warning: {where} is already taken (by zplug or an earlier plugin); ignored", file=sys.stderr)
+            continue
+        try:
+            importlib.import_module(entry.obj).add_parser(subparsers)
+        except Exception as exc:  # a broken plugin must not take the command line down
+            print(f"zplug: warning: {where} is broken ({entry.obj}: {type(exc).__name__}: {exc}); ignored",
+                  file=sys.stderr)
+            continue
+        if entry.name not in subparsers.choices:
+            print(f"zplug: warning: {where}: {entry.obj}.add_parser() added no parser '{entry.name}'",
+                  file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
