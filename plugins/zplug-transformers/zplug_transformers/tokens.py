@@ -178,7 +178,8 @@ class _Call:
         self.kwargs: dict[str, Any] = {"attention_mask": mask, "return_dict": True}
         if "use_cache" in accepted:
             self.kwargs["use_cache"] = False
-        if "position_ids" in accepted and getattr(model.config, "is_decoder", True) is not False:
+        generates = getattr(model, "can_generate", None)
+        if "position_ids" in accepted and callable(generates) and generates():
             # As generate() does: left padding does not shift the positions of the real tokens.
             self.kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         self.shape = tuple(ids.shape)
