@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from zplug_transformers.layers import Rotate
 
 from zplug.canonizers import CanonizerError, Rewrite
 from zplug.layers import MatMul, Mul, Sum
+from zplug_transformers.layers import Rotate
 
 #: Hugging Face attention implementations that the rewrites reproduce.
 IMPLEMENTATIONS = ("eager", "sdpa")
@@ -118,6 +118,15 @@ def _sdpa_masks(
     return blocked, additive
 
 
+def _no_cache(cache: Any, module: torch.nn.Module) -> None:
+    """Refuse a key/value cache: the first call's check would run the original forward too and fill it twice."""
+    if cache is not None:
+        raise CanonizerError(
+            f"the rewritten {type(module).__name__} cannot update a key/value cache: call the model with "
+            "use_cache=False while explaining (explain_tokens does)"
+        )
+
+
 def _dropout(module: torch.nn.Module, p: float) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: F.dropout(x, p=p, training=module.training)
 
@@ -136,6 +145,7 @@ def _rotary_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Llama, Qwen2, Qwen3 and Gemma3 attention (rotary embedding, grouped queries, optional q/k norms)."""
+    _no_cache(past_key_value, self)
     input_shape = hidden_states.shape[:-1]
     shape = (*input_shape, -1, self.head_dim)
     q = self.q_proj(hidden_states).view(shape)
@@ -146,8 +156,6 @@ def _rotary_attention_forward(
     cos, sin = position_embeddings
     q = self.rotary_query(q.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1))
     k = self.rotary_key(k.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1))
-    if past_key_value is not None:
-        k, v = past_key_value.update(k, v, self.layer_idx, {"sin": sin, "cos": cos, "cache_position": cache_position})
     p = self.attention_dropout if self.training else 0.0
     if self.config._attn_implementation == "eager":
         out, weights = attend(self, q, k, v, additive=attention_mask, upcast=True, dropout=_dropout(self, p))
@@ -185,14 +193,12 @@ def _gpt2_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """GPT-2's self-attention: ``c_attn`` split into q, k, v; causal mask from the ``bias`` buffer."""
+    _no_cache(past_key_value, self)
     if encoder_hidden_states is not None or head_mask is not None:
         raise CanonizerError("gpt2: the rewritten attention supports neither cross-attention nor head_mask")
     q, k, v = self.c_attn(hidden_states).split(self.split_size, dim=2)
     shape = (*q.shape[:-1], -1, self.head_dim)
     q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
-    if past_key_value is not None:
-        cache = getattr(past_key_value, "self_attention_cache", past_key_value)
-        k, v = cache.update(k, v, self.layer_idx, cache_kwargs={"cache_position": cache_position})
     eager = self.config._attn_implementation == "eager" or output_attentions
     if eager:
         scale = 1.0 / math.sqrt(v.size(-1)) if self.scale_attn_weights else 1.0
