@@ -71,7 +71,8 @@ def attend(
     additive : float tensor or None
         Added to the scores after ``blocked`` (Hugging Face's 4-d masks; a constant of the input).
     upcast : bool
-        Compute the softmax in float32 and cast back (Llama, Qwen, Gemma).
+        Compute the softmax in float32 and cast back (Llama, Qwen, Gemma). Half-precision inputs are
+        computed in float32 throughout (products, masks, softmax) and the results cast back.
     dropout : callable or None
         Applied to the attention weights (Hugging Face's dropout; the identity in evaluation mode).
     zero_blocked_rows : bool
@@ -83,6 +84,12 @@ def attend(
     tuple of torch.Tensor
         The context ``(batch, heads, length, head size)`` and the attention weights.
     """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # As scaled_dot_product_attention does on CPUs: products, masks and softmax in float32 (exact masks, and
+        # the rules on them are computed in float32 too); the casts are linear and keep relevance as it is.
+        q, k, v = q.float(), k.float(), v.float()
+        additive = None if additive is None else additive.float()
     groups = getattr(module, "num_key_value_groups", 1)
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     scores = module.scores(q, k.transpose(-2, -1))
@@ -90,14 +97,14 @@ def attend(
         scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
     if additive is not None:
         scores = scores + additive[:, :, :, : k.shape[-2]]
-    weights = module.softmax(scores.float()).to(q.dtype) if upcast else module.softmax(scores)
+    weights = module.softmax(scores.float()).to(q.dtype) if upcast else module.softmax(scores)  # q: float32 or 64
     if zero_blocked_rows and blocked is not None:
         empty = blocked.all(dim=-1, keepdim=True)
         if bool(empty.any()):
             weights = weights.masked_fill(empty, 0.0)
     if dropout is not None:
         weights = dropout(weights)
-    return module.context(weights, v), weights
+    return module.context(weights, v).to(dtype), weights.to(dtype)
 
 
 def _sdpa_masks(

@@ -33,9 +33,9 @@ class TokenExplanation(Explanation):
     ----------
     relevance : torch.Tensor
         ``(batch, tokens)``: each token's relevance, the relevance of its embedding summed over the
-        hidden dimension (float32 or float64). Padding tokens get exactly zero.
+        hidden dimension (in float32 for float16 and bfloat16 models). Padding tokens get exactly zero.
     embedding_relevance : torch.Tensor
-        ``(batch, tokens, hidden)``: the relevance of each embedding entry.
+        ``(batch, tokens, hidden)``: the relevance of each embedding entry (the model's dtype).
     output : torch.Tensor
         The logits that the target is chosen from: ``(batch, vocabulary)`` at the explained position
         of a language model, ``(batch, classes)`` for a sequence classifier.
@@ -159,8 +159,9 @@ def explain_tokens(
             progress=progress, **bound.attributor_params,
         )  # fmt: skip
     relevance = result.relevance
+    summed = relevance.float() if relevance.dtype in (torch.float16, torch.bfloat16) else relevance
     return TokenExplanation(
-        output=result.output, relevance=relevance.sum(-1), embedding_relevance=relevance, mapping=result.mapping,
+        output=result.output, relevance=summed.sum(-1), embedding_relevance=relevance, mapping=result.mapping,
         ledger=result.ledger, attributor=result.attributor, target=targets,
         logit=result.output.gather(1, targets[:, None])[:, 0], position=positions, token_ids=ids,
         attention_mask=mask, tokens=_strings(ids, tokenizer), target_tokens=_target_strings(targets, tokenizer, model,
