@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zplug_transformers.canonizers import CANONIZERS, MODEL_TYPES
-
 from zplug import hookimpl
+from zplug_transformers.canonizers import CANONIZERS, MODEL_TYPES
 
 if TYPE_CHECKING:
     import torch
