@@ -9,8 +9,10 @@ Usage::
 Method, as ``bench.py``:
 
 * Timing: every variant runs once to warm up (and for the agreement), then ``--rounds`` rounds (``--rounds-large``
-  for batches above 1) run each variant once in rotating order; each call is timed with ``perf_counter`` after
-  ``gc.collect()``; the table shows the median and ratios of medians from the same process.
+  for batches above 1) run each variant once in rotating order; each call is timed with ``perf_counter`` (wall)
+  and ``process_time`` (CPU time of all the process's threads) after ``gc.collect()``; the table shows medians
+  and ratios of medians from the same process. On a machine shared with other processes the wall time
+  includes waiting for a core; the CPU time counts the work (passive OpenMP threads use none while waiting).
 * Variants: the plain input gradient ``autograd.grad(logits, x, onehot)``; zplug ``attnlrp`` and ``cp_lrp``
   (``with mapping.applied(model)`` + forward + ``autograd.grad``; the mapping resolved once, canonizers
   ``"auto"``, applied and undone in every call); LXT's ``cp_LRP`` map for torchvision's ViT, and an AttnLRP map
@@ -188,11 +190,12 @@ def variants(model: torch.nn.Module, x: torch.Tensor, presets=PRESETS) -> dict[s
 
 
 # -- measurement -----------------------------------------------------------------------------------
-def timed(fn: Callable[[], torch.Tensor]) -> float:
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, float]:
+    """Wall time and CPU time (all threads of this process) of one call."""
     gc.collect()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def time_case(case: str, rounds: int) -> dict:
@@ -206,10 +209,13 @@ def time_case(case: str, rounds: int) -> dict:
     del relevance
     names = list(calls)
     times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            times[name].append(timed(calls[name]))
-    return {"case": case, "rounds": rounds, "times": times, "agreement": agreement}
+            wall, used = timed(calls[name])
+            times[name].append(wall)
+            cpu[name].append(used)
+    return {"case": case, "rounds": rounds, "times": times, "cpu": cpu, "agreement": agreement}
 
 
 def _status(field: str) -> int:
@@ -265,22 +271,23 @@ def render(results: list[dict], meta: str) -> str:
         "",
         meta,
         "",
-        "| case | variant | median | / LXT | / gradient | extra memory | max rel. diff to LXT |",
-        "|---|---|---|---|---|---|---|",
+        "| case | variant | wall | / LXT | / gradient | CPU | / LXT | / gradient | extra memory "
+        "| max rel. diff to LXT |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in results:
-        median = {name: statistics.median(values) for name, values in res["times"].items()}
         memory = res.get("memory", {})
-        for name in median:
+        for name in res["times"]:
             preset = next((p for p in PRESETS if name in (f"zplug {p}", LXT_NAMES[p])), None)
-            lxt = "" if preset is None else f"{median[name] / median[LXT_NAMES[preset]]:.2f}"
+            bold = "**" if name.startswith("zplug") else ""
+            cells = []
+            for kind in ("times", "cpu"):
+                median = {key: statistics.median(values) for key, values in res[kind].items()}
+                lxt = "" if preset is None else f"{bold}{median[name] / median[LXT_NAMES[preset]]:.2f}{bold}"
+                cells += [f"{median[name] * 1e3:.0f} ms", lxt, f"{bold}{median[name] / median['gradient']:.2f}{bold}"]
             agree = f"{res['agreement'][preset]:.1e}" if name.startswith("zplug") else ""
             mem = f"{memory[name]:.0f} MB" if name in memory else "-"
-            bold = "**" if name.startswith("zplug") else ""
-            lines.append(
-                f"| {res['case']} | {name} | {median[name] * 1e3:.0f} ms | {bold}{lxt}{bold} | "
-                f"{bold}{median[name] / median['gradient']:.2f}{bold} | {mem} | {agree} |"
-            )
+            lines.append(f"| {res['case']} | {name} | {' | '.join(cells)} | {mem} | {agree} |")
     lines += ["", END]
     return "\n".join(lines)
 
