@@ -557,6 +557,40 @@ def test_hook_zplug_input_convention(registry):
     assert "zplug_input_convention() raised TypeError" in next(i for i in registry.plugins() if i.name == "b").error
 
 
+def test_hook_zplug_explain_inputs(registry):
+    import zplug
+    from zplug.explanation import Explanation
+
+    calls = []
+
+    def tokens(model, inputs, target, **options):
+        calls.append((model, inputs, target, options))
+        return Explanation(output=inputs, relevance=inputs, attributor=None)
+
+    def answer(model, inputs):
+        return tokens if not inputs.is_floating_point() else None
+
+    def broken(inputs):  # an implementation may take fewer arguments than the specification
+        return "not callable"
+
+    for name, hook in (("b", broken), ("p", answer)):
+        registry.register(make_plugin(name, _named("zplug_explain_inputs", hook)), name)
+    model = torch.nn.Linear(3, 2)
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.warns(RuntimeWarning, match="an explainer is a callable or None, not str"):
+        assert registry.explainer(model, ids) == (tokens, "p")
+    assert "zplug_explain_inputs() raised TypeError" in next(i for i in registry.plugins() if i.name == "b").error
+    result = zplug.explain(model, ids, 5, preset="epsilon", epsilon=0.5)
+    assert result.relevance is ids
+    [(seen_model, seen_inputs, seen_target, options)] = calls
+    assert seen_model is model and seen_inputs is ids and seen_target == 5
+    assert options["preset"] == "epsilon" and options["epsilon"] == 0.5 and options["ledger"] is False
+    # floating-point inputs never reach the hook
+    x = torch.ones(1, 3)
+    assert zplug.explain(model, x, 0).relevance.shape == x.shape
+    assert len(calls) == 1
+
+
 def _returning(hook_name: str, value):
     return _named(hook_name, lambda: value)
 

@@ -61,7 +61,10 @@ def explain(
         training mode with BatchNorm running statistics is refused: a forward pass would change
         them). It is restored exactly on return (rules removed, canonizers reverted).
     inputs : tensor or tuple of tensors
-        Floating-point inputs sharing the batch dimension.
+        Floating-point inputs sharing the batch dimension. Other inputs (the token ids of a
+        language model) go to the plugin whose ``zplug_explain_inputs`` hook offers to explain
+        them (zplug-transformers for Hugging Face models), which receives every argument and
+        returns its own :class:`Explanation` subclass.
     target : None, int, sequence of int, tensor or callable
         ``None``: each sample's predicted class (largest output); an int: one class for all;
         a list or integer tensor: one class per sample; a floating-point tensor of the
@@ -120,6 +123,15 @@ def explain(
         If the output or the relevance holds NaN or infinite values (the message names the first
         layer where they appear).
     """
+    if not _floating(inputs):
+        from zplug.registry import default_registry
+
+        found = default_registry().explainer(model, inputs)
+        if found is not None:
+            return found[0](
+                model, inputs, target, preset=preset, attributor=attributor, mapping=mapping, output_index=output_index,
+                ledger=ledger, progress=progress, strict=strict, canonizers=canonizers, **params,
+            )  # fmt: skip
     from zplug.evalmode import check_eval_mode
     from zplug.finite import check_inputs_finite, check_output_finite, check_relevance_finite
 
@@ -169,6 +181,15 @@ def explain(
     if book is not None:
         book.finish((relevance,) if isinstance(relevance, torch.Tensor) else relevance)
     return Explanation(output=output, relevance=relevance, mapping=mapping, ledger=book, attributor=attributor)
+
+
+def _floating(inputs: Any) -> bool:
+    """Whether ``inputs`` is a floating-point tensor or a non-empty tuple or list of them."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.is_floating_point()
+    return isinstance(inputs, (tuple, list)) and bool(inputs) and all(
+        isinstance(x, torch.Tensor) and x.is_floating_point() for x in inputs
+    )
 
 
 __all__ = ("Explanation", "explain")

@@ -175,6 +175,20 @@ def zplug_input_convention(model: torch.nn.Module) -> Mapping[str, Any] | None:
     """
 
 
+@hookspec
+def zplug_explain_inputs(model: torch.nn.Module, inputs: Any) -> Callable[..., Any] | None:
+    """Offer to explain ``inputs`` that are not floating-point tensors (token ids of a language model).
+
+    :func:`zplug.explain` asks only when ``inputs`` is not a floating-point tensor or a tuple of
+    them; return ``None`` for any model or inputs the plugin does not know. The answer is a function
+    that :func:`zplug.explain` calls in its place, as ``fn(model, inputs, target, preset=...,
+    attributor=..., mapping=..., output_index=..., ledger=..., progress=..., strict=...,
+    canonizers=..., **params)``, and whose result it returns: an :class:`zplug.Explanation` (or a
+    subclass). The first plugin registered that answers decides. The hook must not modify
+    ``model`` and should be cheap: it runs before anything else.
+    """
+
+
 def hook_names() -> list[str]:
     """Return the names of all hook specifications, sorted."""
     return sorted(name for name, value in globals().items() if name.startswith("zplug_") and callable(value))

@@ -38,6 +38,8 @@ BILINEAR = _paths("zplug.layers", "MatMul")
 SOFTMAX = _paths("torch.nn", "Softmax")
 NORMALIZATION = _paths("torch.nn", "LayerNorm", "GroupNorm", "RMSNorm") + _paths("zplug.layers", "Normalize")
 GATE = _paths("zplug.layers", "Mul")
+#: Lookup tables: their input is integer (token ids), so they start the differentiable path, never sit on it.
+EMBEDDING = _paths("torch.nn", "Embedding", "EmbeddingBag")
 #: Smooth element-wise non-linearities, which AttnLRP gives the identity rule (``pass``).
 NONLINEARITY = _paths(
     "torch.nn", "GELU", "SiLU", "Mish", "Tanh", "Sigmoid", "Softplus", "ELU", "CELU", "SELU", "Hardswish",
@@ -62,10 +64,11 @@ def zplug_register_layer_types():
         "normalization": NORMALIZATION,
         "gate": GATE,
         "nonlinearity": NONLINEARITY,
+        "embedding": EMBEDDING,
     }
 
 
 __all__ = (
-    "ACTIVATION", "AVGPOOL", "BATCHNORM", "BILINEAR", "CONVOLUTION", "GATE", "LINEAR", "MAXPOOL", "NONLINEARITY",
-    "NORMALIZATION", "SOFTMAX", "SUM",
+    "ACTIVATION", "AVGPOOL", "BATCHNORM", "BILINEAR", "CONVOLUTION", "EMBEDDING", "GATE", "LINEAR", "MAXPOOL",
+    "NONLINEARITY", "NORMALIZATION", "SOFTMAX", "SUM",
 )  # fmt: skip

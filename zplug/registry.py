@@ -525,17 +525,20 @@ class PluginRegistry:
                 merged[key] = (treatment, owner)
         return TreatmentTable({key: treatment for key, (treatment, _) in merged.items()})
 
-    def _ask(self, hook_name: str, model: Any, convert: Callable[[Any], T]) -> Iterator[tuple[str, T]]:
-        """Call every plugin's ``hook_name(model=model)`` in registration order; yield ``(plugin, convert(answer))``.
+    def _ask(
+        self, hook_name: str, model: Any, convert: Callable[[Any], T], **extra: Any
+    ) -> Iterator[tuple[str, T]]:
+        """Call every plugin's ``hook_name(model=model, **extra)``; yield ``(plugin, convert(answer))`` in order.
 
-        A plugin whose hook raises (or whose answer ``convert`` rejects) is recorded as broken and
-        skipped; a built-in plugin's error propagates.
+        Each implementation receives the arguments it names. A plugin whose hook raises (or whose
+        answer ``convert`` rejects) is recorded as broken and skipped; a built-in plugin's error propagates.
         """
         self.load_entry_points()
+        arguments = {"model": model, **extra}
         for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
             owner = self._owner.get(impl.plugin_name, impl.plugin_name)
             try:
-                answer = convert(impl.function(**({"model": model} if "model" in impl.argnames else {})))
+                answer = convert(impl.function(**{k: v for k, v in arguments.items() if k in impl.argnames}))
             except Exception as exc:
                 if self._is_builtin(owner):
                     raise
@@ -564,6 +567,16 @@ class PluginRegistry:
         mapping decides; see the hook's specification for the keys.
         """
         for owner, answer in self._ask("zplug_input_convention", model, _convention_mapping):
+            if answer is not None:
+                return answer, owner
+        return None
+
+    def explainer(self, model: Any, inputs: Any) -> tuple[Callable[..., Any], str] | None:
+        """Ask who explains ``inputs`` that are not floating-point tensors: ``(function, plugin)`` or ``None``.
+
+        The first plugin (in registration order) whose ``zplug_explain_inputs`` returns a callable decides.
+        """
+        for owner, answer in self._ask("zplug_explain_inputs", model, _explainer, inputs=inputs):
             if answer is not None:
                 return answer, owner
         return None
@@ -693,6 +706,12 @@ def _convention_mapping(answer: Any) -> dict[str, Any] | None:
     if not isinstance(answer, Mapping):
         raise TypeError(f"an input convention is a mapping or None, not {type(answer).__name__}")
     return dict(answer)
+
+
+def _explainer(answer: Any) -> Callable[..., Any] | None:
+    if answer is None or callable(answer):
+        return answer
+    raise TypeError(f"an explainer is a callable or None, not {type(answer).__name__}")
 
 
 def _checked_name(name: str) -> str:

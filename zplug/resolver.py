@@ -336,27 +336,29 @@ def _auto(model: torch.nn.Module, registry: PluginRegistry, notes: list[str]) ->
     """The canonizers plugins suggest, ordered and de-duplicated by :func:`zplug.canonizers.auto_canonizers`.
 
     The generic suggestions need a torch.fx trace of the model; if there is none, ``notes`` gets why
-    (the mapping shows it and warns), instead of a silent "canonizers: none".
+    (the mapping shows it and warns), instead of a silent "canonizers: none". A family canonizer
+    that covers ``residual_sum`` (a plugin's rewrite of the model's own blocks) makes the trace unneeded.
     """
     from zplug.canonizers import base
     from zplug.canonizers._trace import NotTraceableError, trace
 
-    try:
-        trace(model, "canonizers = 'auto'")
-    except NotTraceableError as exc:
-        reason = str(exc).split(". Typical causes")[0].removeprefix("canonizers = 'auto': ")
-        notes.append(
-            f"canonizers = 'auto' could not look for residual additions and BatchNorm pairs: {reason}; "
-            "list the canonizers the model needs instead (canonizers=[...] or the preset's canonizers)"
-        )
-
     choose = getattr(base, "auto_canonizers", None)
     suggested = choose(model, registry) if choose is not None else registry.suggest_canonizers(model)
-    choices = []
+    choices, covered = [], set()
     for name, reason, plugin in suggested:
         qualified = f"{plugin}:{name}"
         cls = registry.canonizers[qualified if qualified in registry.canonizers else name]
+        covered.update(getattr(cls, "covers", ()))
         choices.append(_choice(name, build_part("canonizer", cls, {}), f"auto: {reason}", model, plugin))
+    if "residual_sum" not in covered:
+        try:
+            trace(model, "canonizers = 'auto'")
+        except NotTraceableError as exc:
+            reason = str(exc).split(". Typical causes")[0].removeprefix("canonizers = 'auto': ")
+            notes.append(
+                f"canonizers = 'auto' could not look for residual additions and BatchNorm pairs: {reason}; "
+                "list the canonizers the model needs instead (canonizers=[...] or the preset's canonizers)"
+            )
     return choices
 
 

@@ -286,10 +286,12 @@ def summarise(
     operations = tuple(
         Operation(where=w, op=o, kind=k, detail=d, calls=n, module=m) for (w, o, k, d, m), n in merged.items()
     )
+    # An idle pass-through rule changes nothing: whatever the parent computes instead is a step of its own,
+    # judged above (and a lookup table such as a language model's embedding is idle by design).
     idle = tuple(
         RuledModule(name=name, type=type(modules[name]).__name__, rule=rule.name)
         for name, rule in rules.items()
-        if name in modules and name not in called
+        if name in modules and name not in called and not getattr(rule, "passes_relevance", False)
     )
     lossy = tuple(
         RuledModule(name=step.name, type=type(step.module).__name__, rule=rules[step.name].name)
