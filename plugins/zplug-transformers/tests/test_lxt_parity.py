@@ -1,4 +1,4 @@
-"""AttnLRP and CP-LRP equal LXT 2.1's efficient mode on every family it supports (float32, 1e-4 relative).
+"""AttnLRP and CP-LRP equal LXT 2.1's efficient mode on every family it supports (float32, 1e-5 relative).
 
 LXT runs in a subprocess (it patches ``transformers`` process-wide): ``lxt_reference.py``, one process
 per LXT variant for all families. Biases are non-zero, so the rules must also treat them as LXT does.
@@ -75,4 +75,4 @@ def test_relevance_equals_lxt(lxt, family, implementation, preset):
     ours, reference = lxt[family, implementation, preset]
     torch.testing.assert_close(ours.output, reference["logits"], rtol=1e-5, atol=1e-6)
     difference = (ours.relevance - reference["relevance"]).abs().max() / reference["relevance"].abs().max()
-    assert float(difference) <= 1e-4, f"{float(difference):.3g}"
+    assert float(difference) <= 1e-5, f"{float(difference):.3g}"  # measured: at most 7e-7
