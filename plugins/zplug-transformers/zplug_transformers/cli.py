@@ -116,6 +116,7 @@ def load_model(spec: str, dtype: str):
     import torch
     import transformers
 
+    transformers.logging.set_verbosity_error()  # its notes on configs are not the user's concern here
     options = {"local_files_only": True, "trust_remote_code": False}
     try:
         config = transformers.AutoConfig.from_pretrained(spec, **options)
@@ -207,7 +208,12 @@ def explain_prompt(model, tokenizer, prompt: str, target: Any, preset: Any, stri
     ids = result.token_ids[0][keep].tolist()
     relevance = result.relevance[0][keep].double().tolist()
     tokens = [tokenizer.decode([i]) for i in ids]
-    explained = result.target_tokens[0] if result.target_tokens else str(int(result.target[0]))
+    target_id = int(result.target[0])
+    if result.position is None:  # a classifier: its label
+        explained = result.target_tokens[0] if result.target_tokens else str(target_id)
+    else:  # the next token as text; an id the tokenizer does not know (a model's spare rows) by number
+        explained = tokenizer.decode([target_id]) if tokenizer.convert_ids_to_tokens(target_id) is not None else ""
+        explained = explained or f"[id {target_id}]"
     return TokenScores(
         tokens=tokens, relevance=relevance, target=explained, logit=float(result.logit[0]), text=prompt,
         preset=str(preset or "gradient x input"),
