@@ -8,9 +8,9 @@ import re
 
 import pytest
 import torch
+from zplug_transformers import testing
 
 from zplug.cli import main
-from zplug_transformers import testing
 
 
 @pytest.fixture(scope="module")

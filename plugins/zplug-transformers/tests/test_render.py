@@ -8,7 +8,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from zplug_transformers.render import NEGATIVE, POSITIVE, TokenScores, colour, dumps, page, terminal, to_json
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)

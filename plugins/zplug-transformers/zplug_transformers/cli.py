@@ -40,7 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     group = parser.add_argument_group("input")
     group.add_argument("--text", action="append", default=[], metavar="TEXT", help="a prompt; repeatable")
-    group.add_argument("--file", metavar="FILE", help="a UTF-8 text file with one prompt per line (empty lines skipped)")
+    group.add_argument("--file", metavar="FILE",
+                       help="a UTF-8 text file with one prompt per line (empty lines skipped)")
     group = parser.add_argument_group("model")
     group.add_argument("--model", required=True, metavar="FOLDER|NAME",
                        help="a save_pretrained() folder, or a model name in the local Hugging Face cache")
