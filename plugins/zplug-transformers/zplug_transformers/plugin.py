@@ -86,3 +86,9 @@ def zplug_explain_inputs(model: torch.nn.Module, inputs: Any):
 
         return explain_tokens
     return None
+
+
+@hookimpl
+def zplug_register_commands():
+    """``zplug explain-text`` (the module imports neither torch nor transformers until it runs)."""
+    return {"explain-text": "zplug_transformers.cli"}
