@@ -345,7 +345,10 @@ def _cpu_name() -> str:
 
 def _notes() -> str:
     path = ROOT / "benchmarks" / "NOTES.md"
-    return ("\n" + path.read_text() if path.exists() else "") + _startup_section() + _evaluation_section()
+    return (
+        ("\n" + path.read_text() if path.exists() else "") + _startup_section() + _evaluation_section()
+        + _transformers_section()
+    )
 
 
 def _startup_section() -> str:
@@ -361,6 +364,17 @@ def _startup_section() -> str:
 def _evaluation_section() -> str:
     """The evaluation section that ``benchmarks/evaluate.py`` wrote into docs/benchmarks.md, kept as it is."""
     from evaluate import BEGIN, END
+
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
+    if BEGIN not in text or END not in text:
+        return ""
+    return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+
+
+def _transformers_section() -> str:
+    """The transformer section that ``benchmarks/bench_transformers.py`` wrote into docs/benchmarks.md, kept."""
+    from bench_transformers import BEGIN, END
 
     doc = ROOT / "docs" / "benchmarks.md"
     text = doc.read_text(encoding="utf-8") if doc.exists() else ""

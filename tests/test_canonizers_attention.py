@@ -282,3 +282,20 @@ def test_a_proven_rewrite_is_not_checked_again_until_the_module_changes():
         assert len(runs) == 5
     finally:
         handle.remove()
+
+
+def test_the_rewritten_forward_is_built_once_and_again_when_the_module_changes():
+    model = _block_model()
+    x = torch.randn(2, 5, 8, dtype=DT)
+    canonizer = FunctionalOps()
+    forwards = []
+    for _ in range(2):
+        with canonizer.applied(model):
+            forwards.append(model[0].forward.rewrite.forward)
+            model(x)
+    assert forwards[0] is forwards[1]  # the same compiled GraphModule: nothing generated again
+    model[0].layer_scale = torch.nn.Parameter(torch.full((8,), 2.0, dtype=DT))  # a new object, not an update
+    expected = model(x)
+    with canonizer.applied(model):
+        assert model[0].forward.rewrite.forward is not forwards[0]
+        torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)  # computes with the new one

@@ -102,3 +102,54 @@ def test_pass_shortcut_gives_the_plain_gradient_after_the_block():
     (plain,) = torch.autograd.grad(model(x).sum(), x)
     torch.testing.assert_close(after, plain, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(inside, plain)
+
+
+# -- layers that receive no relevance -------------------------------------------------------------------
+CALLS: list[tuple[str, float]] = []
+
+
+class CountingEpsilon(pr.Epsilon):
+    """Epsilon that records each call and the total relevance it received."""
+
+    def backward(self, call, grad_outputs):
+        CALLS.append((call.name, float(sum(g.abs().sum() for g in grad_outputs))))
+        return super().backward(call, grad_outputs)
+
+
+class _Outer(torch.nn.Module):
+    """``a(x) b(x)^T``: CP-LRP's product gives everything to ``b`` (the value), nothing to ``a``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from zplug.layers import MatMul
+
+        torch.manual_seed(5)
+        self.a = torch.nn.Linear(3, 4).double()
+        self.b = torch.nn.Linear(3, 4).double()
+        self.product = MatMul(value=1)
+
+    def forward(self, x):
+        return self.product(self.a(x).unsqueeze(-1), self.b(x).unsqueeze(-2))
+
+
+def _outer_relevance(observers=()):
+    model = _Outer()
+    rules = {"a": CountingEpsilon(epsilon=1e-9), "b": CountingEpsilon(epsilon=1e-9),
+             "product": pr.Product(epsilon=1e-9, to="value")}
+    x = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(6)).requires_grad_()
+    CALLS.clear()
+    with attach_rules(model, rules, observers=observers):
+        out = model(x)
+        (relevance,) = torch.autograd.grad(out, x, out.detach())
+    return relevance, list(CALLS)
+
+
+def test_a_layer_that_receives_no_relevance_is_not_computed_unless_observed():
+    relevance, calls = _outer_relevance()
+    assert [name for name, _ in calls] == ["b"]  # no transposed product on zeros for 'a'
+    seen = []
+    observed, observed_calls = _outer_relevance(observers=(lambda binding, *rest: seen.append(binding.name),))
+    assert sorted(name for name, _ in observed_calls) == ["a", "b"]  # the ledger's view: every layer, with zeros
+    assert dict(observed_calls)["a"] == 0.0
+    assert sorted(seen) == ["a", "b", "product"]
+    assert torch.equal(relevance, observed)  # the same numbers either way

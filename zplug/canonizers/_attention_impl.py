@@ -25,12 +25,17 @@ from zplug.preset.classes import import_class
 
 # -- multihead_attention ---------------------------------------------------------------------------
 def _alias_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
-    """A ``Linear`` whose parameters share storage with ``weight``/``bias`` (views, nothing copied)."""
-    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    with torch.no_grad():
-        layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
-        if bias is not None:
-            layer.bias = torch.nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
+    """A ``Linear`` whose parameters share storage with ``weight``/``bias`` (views, nothing copied).
+
+    Made without ``Linear.__init__``, which would initialise parameters only to replace them (tens of
+    microseconds each, in every application of the canonizer).
+    """
+    layer = torch.nn.Linear.__new__(torch.nn.Linear)
+    torch.nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = weight.shape[1], weight.shape[0]
+    layer.weight = torch.nn.Parameter(weight.detach(), requires_grad=weight.requires_grad)
+    bias = None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
+    layer.register_parameter("bias", bias)
     return layer
 
 
@@ -391,17 +396,50 @@ def functional_rewrites(
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             untraceable.append(f"{name or '<model>'} ({type(module).__name__}): not traceable ({first[:120]})")
             continue
-        builder = _Builder(module, graph, kinds, names)
-        found = builder.additions()
-        if not builder.rewrite():
+        built = _build(module, graph, constants, kinds, names)
+        if built is None:
             continue
+        forward, children, what, new_graph, found = built
+        plan.append(Rewrite(name=name, module=module, forward=forward, children=children, what=what,
+                            graph=new_graph, constants=constants, additions=found if "sum" in kinds else ()))
+    return plan, untraceable
+
+
+def _build(
+    module: torch.nn.Module, graph: torch.fx.Graph, constants: dict[str, Any], kinds: frozenset[str],
+    names: dict[str, str] | None,
+) -> tuple | None:
+    """``(forward, children, what, graph, additions)`` of ``module``'s rewrite of ``graph``, or None if none.
+
+    Building the rewritten ``GraphModule`` (code generation and compilation) costs milliseconds per module,
+    which every application of the canonizer would pay again: the result is kept while everything it
+    depends on is the same (the traced graph object, the kinds and names, the module's attribute names, and
+    the objects its graph refers to). The new children are stateless modules, added only while applied.
+    """
+    key = (
+        kinds,
+        tuple(sorted((names or {}).items())),
+        tuple(module.__dict__),
+        *(tuple(getattr(module, slot)) for slot in ("_modules", "_parameters", "_buffers")),
+        tuple((target, id(obj)) for target, obj in _attributes(module, graph).items()),
+        tuple((key, id(value)) for key, value in constants.items()),
+    )
+    cached = _built.get(module)
+    if cached is not None and cached[0] is graph and cached[1] == key:
+        return cached[2]
+    builder = _Builder(module, graph, kinds, names)
+    found = tuple(builder.additions())
+    result = None
+    if builder.rewrite():
         builder.graph.lint()
         root = {**_attributes(module, builder.graph), **constants, **builder.children}
         compiled = torch.fx.GraphModule(root, builder.graph, class_name=f"{type(module).__name__}Functional")
-        plan.append(Rewrite(name=name, module=module, forward=compiled.forward, children=builder.children,
-                            what=builder.summary(), graph=builder.graph, constants=constants,
-                            additions=tuple(found) if "sum" in kinds else ()))
-    return plan, untraceable
+        result = (compiled.forward, builder.children, builder.summary(), builder.graph, found)
+    _built[module] = (graph, key, result)
+    return result
+
+
+_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _attributes(module: torch.nn.Module, graph: torch.fx.Graph) -> dict[str, Any]:

@@ -168,6 +168,9 @@ class _RuleFunction(torch.autograd.Function):
             output = outs if isinstance(output, tuple) else outs[0]
         ctx.binding = binding
         ctx.spec = spec
+        # Outputs that receive no relevance (CP-LRP's query/key path) arrive as None, not as zeros: a call
+        # none of whose outputs receives any is skipped (see backward).
+        ctx.set_materialize_grads(False)
         # A pass rule on a one-tensor layer of unchanged shape hands the relevance straight through.
         ctx.shortcut = binding.passes and len(outs) == 1 and len(tensors) == 1 and outs[0].shape == tensors[0].shape
         ctx.save_for_backward(*tensors)
@@ -186,6 +189,12 @@ class _RuleFunction(torch.autograd.Function):
                 "layer's forward pass, so its relevance cannot be computed; make the operation that modified it "
                 "out of place (e.g. 'x = x + 1' instead of 'x += 1')"
             ) from None
+        if any(g is None for g in grad_outputs):
+            if all(g is None for g in grad_outputs) and not binding.observers:
+                return (None, None, *(None,) * len(inputs))  # no relevance arrives: none leaves
+            grad_outputs = tuple(
+                torch.zeros_like(o) if g is None else g for g, (o, _) in zip(grad_outputs, ctx.outputs)
+            )
         if not binding.active:  # after attach_rules exited (e.g. a second-order pass): the plain gradient
             return (None, None, *_plain_gradient(binding, ctx.spec, inputs, grad_outputs))
         if ctx.shortcut and not binding.observers:

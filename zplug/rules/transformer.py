@@ -18,6 +18,7 @@ Element-wise non-linearities (GELU, SiLU, tanh) get the identity rule, which is 
 from __future__ import annotations
 
 import functools
+import math
 from typing import TYPE_CHECKING
 
 import attrs
@@ -160,6 +161,8 @@ class FrozenScale(Rule):
         if self.zero_params:
             params = {k: None if v is None else (torch.zeros_like(v) if k in self.zero_params else v)
                       for k, v in params.items()}
+        if _plain_layer_norm(call):
+            return (self._layer_norm(call, relevance, x, params),)
         mode = _frozen_scale_mode()()
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()
@@ -174,6 +177,44 @@ class FrozenScale(Rule):
             scaled = divide_stabilized(relevance, self.epsilon, y.detach())
             (grad,) = torch.autograd.grad(y, leaf, scaled)
         return (x * grad,)
+
+    def _layer_norm(self, call, relevance, x, params) -> torch.Tensor:
+        """``torch.nn.LayerNorm`` in closed form: ``x * s * (w v - mean(w v))`` with ``v = R / stab(y)``.
+
+        ``y = w s (x - mean(x)) + b`` with the scale ``s = 1 / sqrt(var(x) + eps)`` held constant has the
+        transposed Jacobian ``v -> s (w v - mean(w v))`` (means over the normalised dimensions). The stored
+        output serves as ``y`` unless parameters are zeroed; no forward is re-run and no graph is built.
+        """
+        module = call.module
+        dims = _dims(x, module.normalized_shape)
+        weight, bias = params.get("weight"), params.get("bias")
+        if self.zero_params:
+            y = torch.nn.functional.layer_norm(x, module.normalized_shape, weight, bias, module.eps)
+        else:
+            y = call.output
+        inplace = not torch.is_grad_enabled()  # fresh buffers may be reused unless a graph is recorded
+        scaled = divide_stabilized(relevance, self.epsilon, y)
+        if weight is not None:
+            scaled = scaled.mul_(weight) if inplace else scaled * weight
+        mean = scaled.mean(dim=dims, keepdim=True)
+        centred = scaled.sub_(mean) if inplace else scaled - mean
+        # The scale as the forward computed it (``native_layer_norm`` returns it; ``var`` is slower on CPU).
+        inverse_std = torch.native_layer_norm(x.detach(), module.normalized_shape, None, None, module.eps)[2]
+        if inplace:
+            return centred.mul_(inverse_std).mul_(x)
+        return centred * inverse_std * x
+
+
+def _plain_layer_norm(call) -> bool:
+    """True for a one-tensor call of a ``torch.nn.LayerNorm`` running ``torch.nn.LayerNorm.forward`` itself."""
+    forward = call.binding.original_forward  # the forward the rule stands in for (a canonizer's, or the class's)
+    return (
+        isinstance(call.module, torch.nn.LayerNorm)
+        and getattr(forward, "__func__", None) is torch.nn.LayerNorm.forward
+        and getattr(forward, "__self__", None) is call.module
+        and len(call.args) == 1
+        and not call.kwargs
+    )
 
 
 # -- softmax ---------------------------------------------------------------------------------------
@@ -201,8 +242,16 @@ class Softmax(Rule):
                 f"integer attribute 'dim' (the softmax dimension, as torch.nn.Softmax has); got {dim!r}"
             )
         s = call.output
-        x = x.masked_fill(x == float("-inf"), 0.0)
-        return (x * (relevance - s * relevance.sum(dim=dim, keepdim=True)),)
+        inner = torch.addcmul(relevance, s, relevance.sum(dim=dim, keepdim=True), value=-1)  # R - s sum(R)
+        if x.device.type == "cpu" and not torch.is_grad_enabled():
+            # Without -inf inputs the product is finite (unless the relevance is not): a finite sum proves
+            # there was nothing to mask, and costs one read instead of a comparison and a masked copy.
+            # (CPU only: on a GPU the check would wait for the device.)
+            out = inner.mul_(x)
+            if math.isfinite(out.sum().item()):
+                return (out,)
+            inner = torch.addcmul(relevance, s, relevance.sum(dim=dim, keepdim=True), value=-1)
+        return (inner * x.masked_fill(x == float("-inf"), 0.0),)
 
 
 # -- product ---------------------------------------------------------------------------------------
@@ -230,25 +279,49 @@ def _unbroadcast(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return (grad.sum(dim=dims, keepdim=True) if dims else grad).reshape(shape)
 
 
-def _matmul_transpose(module, grad: torch.Tensor, a: torch.Tensor, b: torch.Tensor, index: int):
+def _matmul_share(module, scaled: torch.Tensor, operands: tuple, index: int, weight: float) -> torch.Tensor:
+    """``weight * operand * J^T scaled`` for operand ``index`` of ``scale * (a @ b)``.
+
+    The constant ``weight * scale`` multiplies the smaller of the other operand (before the product) and the
+    result; the product with the operand is made in place on the fresh matmul output unless a graph is recorded.
+    """
+    a, b = operands
+    operand, other = operands[index], operands[1 - index]
+    factor = weight * (1.0 if module.scale is None else module.scale)
     if a.ndim < 2 or b.ndim < 2:  # vector products: let autograd sort out the shapes
         with torch.enable_grad():
             leaves = (a.detach().requires_grad_(), b.detach().requires_grad_())
             out = type(module).forward(module, *leaves)
-            return torch.autograd.grad(out, leaves[index], grad)[0]
+            grad = torch.autograd.grad(out, leaves[index], scaled)[0]  # the forward applies the scale
+        share = operand * grad
+        return share if weight == 1 else share * weight
+    fold = factor != 1 and other.numel() <= operand.numel()
+    if fold:
+        other = other * factor
     if index == 0:
-        result = _unbroadcast(torch.matmul(grad, b.transpose(-1, -2)), a.shape)
+        grad = _unbroadcast(torch.matmul(scaled, other.transpose(-1, -2)), a.shape)
     else:
-        result = _unbroadcast(torch.matmul(a.transpose(-1, -2), grad), b.shape)
-    return result if module.scale is None else result * module.scale
+        grad = _unbroadcast(torch.matmul(other.transpose(-1, -2), scaled), b.shape)
+    if torch.is_grad_enabled() or grad.dtype != operand.dtype:
+        share = operand * grad
+        return share if fold or factor == 1 else share * factor
+    share = grad.mul_(operand)
+    return share if fold or factor == 1 else share.mul_(factor)
 
 
-def _mul_transpose(grad: torch.Tensor, operands: tuple, index: int) -> torch.Tensor:
-    result = grad
+def _mul_share(scaled: torch.Tensor, operands: tuple, index: int, weight: float) -> torch.Tensor:
+    """``weight * operand * J^T scaled`` for operand ``index`` of an element-wise product."""
+    result = scaled
     for j, other in enumerate(operands):
         if j != index:
             result = result * other
-    return _unbroadcast(result, operands[index].shape)
+    grad = _unbroadcast(result, operands[index].shape)
+    operand = operands[index]
+    if grad is scaled or torch.is_grad_enabled() or grad.dtype != operand.dtype:  # ``scaled`` is shared: keep it
+        share = operand * grad
+        return share if weight == 1 else share * weight
+    share = grad.mul_(operand)
+    return share if weight == 1 else share.mul_(weight)
 
 
 @attrs.frozen(kw_only=True)
@@ -301,13 +374,12 @@ class Product(Rule):
             for index, weight in weights.items():
                 operand = operands[index]
                 if transposed is not None:
-                    grad = transposed[index]
+                    share = operand * transposed[index]
+                    shares[index] = share if weight == 1 else share * weight
                 elif isinstance(module, MatMul):
-                    grad = _matmul_transpose(module, scaled, operands[0], operands[1], index)
+                    shares[index] = _matmul_share(module, scaled, operands, index, weight)
                 else:
-                    grad = _mul_transpose(scaled, operands, index)
-                share = operand * grad
-                shares[index] = share if weight == 1 else share * weight
+                    shares[index] = _mul_share(scaled, operands, index, weight)
         if not known:
             return tuple(shares.get(i) for i in range(len(call.inputs)))
         positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
