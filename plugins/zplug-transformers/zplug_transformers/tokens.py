@@ -23,6 +23,7 @@ from zplug.canonizers._patch import patching
 from zplug.errors import SpecError
 from zplug.explanation import Explanation
 from zplug.preset.binding import bind_preset
+from zplug_transformers._mappings import resolved
 
 
 @attrs.frozen(kw_only=True)
@@ -142,7 +143,7 @@ def explain_tokens(
         if mapping is not None:
             raise SpecError("give either preset= or mapping=, not both")
         # Resolved before the model's forward takes embeddings, so that canonizers = "auto" sees the model as it is.
-        mapping = zplug.resolve(model, bound.preset, strict=strict, canonizers=canonizers, **bound.preset_params)
+        mapping = resolved(model, preset, bound, strict, canonizers)
     elif canonizers is not None:
         raise SpecError("canonizers= goes with preset= (a mapping= brings its own canonizers)")
     with patching() as stack:
