@@ -93,10 +93,12 @@ def attend(
     groups = getattr(module, "num_key_value_groups", 1)
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     scores = module.scores(q, k.transpose(-2, -1))
+    # Masks in place: one (heads x length x length) tensor per layer fewer is kept for the backward pass. The
+    # rule on ``scores`` sees that its output changed and recomputes it, where relevance arrives there at all.
     if blocked is not None:
-        scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
     if additive is not None:
-        scores = scores + additive[:, :, :, : k.shape[-2]]
+        scores = scores.add_(additive[:, :, :, : k.shape[-2]])
     weights = module.softmax(scores.float()).to(q.dtype) if upcast else module.softmax(scores)  # q: float32 or 64
     if zero_blocked_rows and blocked is not None:
         empty = blocked.all(dim=-1, keepdim=True)
