@@ -129,3 +129,25 @@ def test_gpt2_conv1d_is_a_linear_layer():
     assert isinstance(model.transformer.h[0].attn.c_attn, transformers.pytorch_utils.Conv1D)
     assert mapping["transformer.h.0.attn.c_attn"].rule_name == "epsilon"
     assert mapping["transformer.h.0.mlp.c_fc"].rule_name == "epsilon"
+
+
+def test_gpt2_conv1d_views_compute_what_conv1d_computes_and_change_no_relevance(monkeypatch):
+    from zplug_transformers import _rewrites
+
+    model, ids = tiny("gpt2", biases=True), token_ids(2, 6)
+    conv = model.transformer.h[0].attn.c_attn
+    view = _rewrites.linear_view(conv)
+    x = torch.randn(2, 6, 64, dtype=torch.float64)
+    assert torch.equal(view(x), conv(x))
+    assert view.weight.data_ptr() == conv.weight.data_ptr() and view.bias.data_ptr() == conv.bias.data_ptr()
+    seen = []
+    hook = model.transformer.h[0].attn.register_forward_pre_hook(lambda m, args: seen.append(type(m.c_attn)))
+    with_views = explain_tokens(model, ids, preset="attnlrp")
+    hook.remove()
+    assert set(seen) == {torch.nn.Linear} and model.transformer.h[0].attn.c_attn is conv
+    monkeypatch.setattr(_rewrites, "conv1d_views", lambda model: [])  # each Conv1D transposed through autograd
+    # canonizers= given: another mapping, resolved (and checked) for the Conv1D layers
+    without = explain_tokens(model, ids, with_views.target, preset="attnlrp", canonizers=["gpt2"])
+    again = explain_tokens(model, ids, with_views.target, preset="attnlrp", canonizers=["gpt2"])
+    torch.testing.assert_close(with_views.relevance, without.relevance, rtol=1e-6, atol=0)
+    torch.testing.assert_close(without.relevance, again.relevance, rtol=0, atol=0)

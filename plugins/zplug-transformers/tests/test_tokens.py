@@ -176,3 +176,30 @@ def test_classifier_errors():
         explain_tokens(model, token_ids(1, 4), position=1)
     with pytest.raises(SpecError, match="target class 3 is out of range: the model has 3 classes"):
         explain_tokens(model, token_ids(1, 4), 3)
+
+
+# -- cost: one forward pass, the head at the explained positions, a mapping resolved once ---------------
+def test_one_forward_pass_with_the_head_at_the_explained_positions_only():
+    model, ids = tiny("qwen2"), token_ids(2, 6)
+    heads = []
+    model.lm_head.register_forward_hook(lambda m, args, out: heads.append(tuple(args[0].shape)))
+    explained = explain_tokens(model, ids, position=[2, 4], preset="attnlrp")
+    assert heads == [(2, 2, 64)]  # one forward pass; the head at positions 2 and 4 only
+    full = _logits(model, ids)
+    torch.testing.assert_close(explained.output, full[[0, 1], [2, 4]])
+    assert torch.equal(explained.target, full[[0, 1], [2, 4]].argmax(-1))
+    assert explained.relevance[0, 3:].abs().max() == 0 and explained.relevance[1, 5:].abs().max() == 0
+
+
+def test_the_mapping_is_resolved_once_per_model_preset_and_parameters():
+    model, ids = tiny("gpt2"), token_ids(1, 5)
+    first = explain_tokens(model, ids, preset="attnlrp")
+    second = explain_tokens(model, ids, preset="attnlrp")
+    assert second.mapping is first.mapping and torch.equal(second.relevance, first.relevance)
+    assert explain_tokens(model, ids, preset="attnlrp", epsilon=1e-3).mapping is not first.mapping
+    assert explain_tokens(model, ids, preset="cp_lrp").mapping is not first.mapping
+    model.config._attn_implementation = "sdpa"
+    sdpa = explain_tokens(model, ids, preset="attnlrp")
+    assert sdpa.mapping is not first.mapping
+    torch.testing.assert_close(sdpa.relevance, first.relevance)
+    assert explain_tokens(tiny("gpt2"), ids, preset="attnlrp").mapping is not first.mapping

@@ -93,10 +93,12 @@ def attend(
     groups = getattr(module, "num_key_value_groups", 1)
     k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
     scores = module.scores(q, k.transpose(-2, -1))
+    # Masks in place: one (heads x length x length) tensor per layer fewer is kept for the backward pass. The
+    # rule on ``scores`` sees that its output changed and recomputes it, where relevance arrives there at all.
     if blocked is not None:
-        scores = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
     if additive is not None:
-        scores = scores + additive[:, :, :, : k.shape[-2]]
+        scores = scores.add_(additive[:, :, :, : k.shape[-2]])
     weights = module.softmax(scores.float()).to(q.dtype) if upcast else module.softmax(scores)  # q: float32 or 64
     if zero_blocked_rows and blocked is not None:
         empty = blocked.all(dim=-1, keepdim=True)
@@ -403,6 +405,40 @@ def _bind(function: Callable[..., Any], module: torch.nn.Module) -> Callable[...
     return function.__get__(module, type(module))
 
 
+# -- GPT-2's Conv1D --------------------------------------------------------------------------------
+CONV1D = "transformers.pytorch_utils.Conv1D"
+
+
+def linear_view(conv: torch.nn.Module) -> torch.nn.Linear:
+    """A ``torch.nn.Linear`` computing what a ``Conv1D`` computes, with parameters that share its storage.
+
+    ``Conv1D`` is ``x @ W + b`` with ``W`` shaped ``(in, out)``; the view's weight is ``W.t()`` (no copy), and
+    ``F.linear`` then makes the same ``addmm`` call, so the outputs are bit for bit the same. Rules compute a
+    ``Linear`` with explicit kernels, where a ``Conv1D`` would be run again under autograd to transpose it.
+    Made without ``Linear.__init__`` (which would initialise parameters only to replace them).
+    """
+    layer = torch.nn.Linear.__new__(torch.nn.Linear)
+    torch.nn.Module.__init__(layer)
+    weight, bias = conv.weight, conv.bias
+    layer.in_features, layer.out_features = weight.shape
+    layer.weight = torch.nn.Parameter(weight.detach().t(), requires_grad=weight.requires_grad)
+    layer.register_parameter(
+        "bias", None if bias is None else torch.nn.Parameter(bias.detach(), requires_grad=bias.requires_grad)
+    )
+    layer.train(conv.training)
+    return layer
+
+
+def conv1d_views(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Linear]]:
+    """``(parent, name, view)`` for each child of ``model`` whose exact class is ``Conv1D`` (:func:`linear_view`)."""
+    views = []
+    for parent in model.modules():
+        for name, child in parent._modules.items():
+            if child is not None and class_path(type(child)) == CONV1D:
+                views.append((parent, name, linear_view(child)))
+    return views
+
+
 # -- the families ----------------------------------------------------------------------------------
 _PRE_NORM = _residual_layer(_pre_norm_layer_forward, ("residual_attention", "residual_mlp"))
 _RMS_NORM = _forward_only(_rms_norm_forward, "RMSNorm through F.rms_norm (float32)")
@@ -471,4 +507,6 @@ def family_rewrites(model: torch.nn.Module, family: str) -> list[Rewrite]:
     return plan
 
 
-__all__ = ("IMPLEMENTATIONS", "PLANS", "attend", "class_path", "family_rewrites")
+__all__ = (
+    "CONV1D", "IMPLEMENTATIONS", "PLANS", "attend", "class_path", "conv1d_views", "family_rewrites", "linear_view",
+)

@@ -15,11 +15,14 @@ transformers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 import attrs
 
 from zplug.canonizers import ForwardRewrite, Rewrite
+from zplug.canonizers._patch import patching
 
 if TYPE_CHECKING:
     import torch
@@ -79,11 +82,35 @@ class Gemma3(HuggingFaceFamily):
 
 @attrs.frozen(kw_only=True)
 class GPT2(HuggingFaceFamily):
-    """GPT-2: attention and residual sums as modules (``Conv1D`` is a linear layer type)."""
+    """GPT-2: attention and residual sums as modules, each ``Conv1D`` as a ``Linear`` view of its weights.
+
+    The views (:func:`zplug_transformers._rewrites.linear_view`) replace the ``Conv1D`` children for the
+    duration: the same arithmetic, but a layer that rules transpose with one matrix product instead of
+    running it again under autograd.
+    """
 
     name: ClassVar[str] = "gpt2"
     summary: ClassVar[str] = "Hugging Face GPT-2: attention scores, softmax, context and residuals as modules"
     family: ClassVar[str] = "Hugging Face GPT-2"
+
+    @contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Replace each ``Conv1D`` by its ``Linear`` view, then install the rewrites; undo both on exit."""
+        from zplug_transformers._rewrites import conv1d_views
+
+        with patching() as stack:
+            for parent, name, view in conv1d_views(model):
+                stack.child(parent, name, view)
+            with ForwardRewrite.applied(self, model):
+                yield model
+
+    def describe(self, model: torch.nn.Module) -> list[str]:
+        """One line per rewritten module, and one for the ``Conv1D`` views."""
+        from zplug_transformers._rewrites import conv1d_views
+
+        count = len(conv1d_views(model))
+        views = [f"{count} Conv1D layer(s) as torch.nn.Linear views of their weights (transposed, shared)"]
+        return ForwardRewrite.describe(self, model) + (views if count else [])
 
 
 @attrs.frozen(kw_only=True)

@@ -23,6 +23,7 @@ from zplug.canonizers._patch import patching
 from zplug.errors import SpecError
 from zplug.explanation import Explanation
 from zplug.preset.binding import bind_preset
+from zplug_transformers._mappings import resolved
 
 
 @attrs.frozen(kw_only=True)
@@ -127,52 +128,57 @@ def explain_tokens(
     ids, mask = _token_ids(input_ids, attention_mask, tokenizer)
     device = model.get_input_embeddings().weight.device
     ids, mask = ids.to(device), mask.to(device)
-    call = _Call(model, ids, mask)
+    call = _Call(model, ids, mask, position)
     with torch.no_grad():
         embeddings = model.get_input_embeddings()(ids)
-        logits = call.logits(embeddings)
     if not embeddings.is_floating_point():
         raise SpecError(f"explain_tokens: the input embeddings of {type(model).__name__} are not floating-point")
-    per_position = logits.ndim == 3
-    if per_position:
-        positions = _positions(position, mask)
-        chosen = logits[torch.arange(len(ids), device=device), positions]
-    else:
-        if position is not None:
-            raise SpecError(f"position= is for language models; {type(model).__name__} returns one logit vector "
-                            "per sequence")
-        positions, chosen = None, logits
-    targets = _targets(target, chosen, tokenizer, model, per_position)
-    onehot = torch.nn.functional.one_hot(targets, chosen.shape[-1]).to(chosen.dtype)
+    chooser = _Chooser(target, tokenizer, model, call)
     bound = bind_preset(preset, params, attributor=attributor)
+    if not _single_pass(attributor):
+        # Perturbing attributors see other outputs than the model's: choose the target on the clean one first.
+        with torch.no_grad():
+            chooser(call.selected(embeddings))
     if bound.preset is not None:
         if mapping is not None:
             raise SpecError("give either preset= or mapping=, not both")
         # Resolved before the model's forward takes embeddings, so that canonizers = "auto" sees the model as it is.
-        mapping = zplug.resolve(model, bound.preset, strict=strict, canonizers=canonizers, **bound.preset_params)
+        mapping = resolved(model, preset, bound, strict, canonizers)
     elif canonizers is not None:
         raise SpecError("canonizers= goes with preset= (a mapping= brings its own canonizers)")
     with patching() as stack:
-        stack.attribute(model, "forward", call.selected(positions))
+        stack.attribute(model, "forward", call.selected)
         result = zplug.explain(
-            model, embeddings, lambda out: out * onehot, attributor=attributor, mapping=mapping, ledger=ledger,
-            progress=progress, **bound.attributor_params,
+            model, embeddings, chooser, attributor=attributor, mapping=mapping, ledger=ledger, progress=progress,
+            **bound.attributor_params,
         )  # fmt: skip
     relevance = result.relevance
     summed = relevance.float() if relevance.dtype in (torch.float16, torch.bfloat16) else relevance
+    targets = chooser.targets
     return TokenExplanation(
         output=result.output, relevance=summed.sum(-1), embedding_relevance=relevance, mapping=result.mapping,
         ledger=result.ledger, attributor=result.attributor, target=targets,
-        logit=result.output.gather(1, targets[:, None])[:, 0], position=positions, token_ids=ids,
-        attention_mask=mask, tokens=_strings(ids, tokenizer), target_tokens=_target_strings(targets, tokenizer, model,
-                                                                                              per_position),
+        logit=result.output.gather(1, targets[:, None])[:, 0], position=call.positions, token_ids=ids,
+        attention_mask=mask, tokens=_strings(ids, tokenizer), target_tokens=_target_strings(
+            targets, tokenizer, model, call.positions is not None),
     )  # fmt: skip
 
 
-class _Call:
-    """Calls the model on embeddings with the mask (and, for causal models, position ids that skip padding)."""
+def _single_pass(attributor: Any) -> bool:
+    """Whether the attributor explains the output of the unperturbed input (one forward pass: ``gradient``)."""
+    name = attributor if isinstance(attributor, str) else getattr(attributor, "name", None)
+    return name == "gradient"
 
-    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+
+class _Call:
+    """Calls the model on embeddings with the mask (and, for causal models, position ids that skip padding).
+
+    Language models whose forward takes ``logits_to_keep`` (Hugging Face's causal LMs) compute the head at the
+    explained positions only: the logits elsewhere receive no relevance, and the head over every position
+    would cost a large share of the forward pass (GPT-2's vocabulary is 50257 wide).
+    """
+
+    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, position: Any) -> None:
         self.model = model
         self.forward = type(model).forward.__get__(model, type(model))
         accepted = inspect.signature(type(model).forward).parameters
@@ -183,11 +189,19 @@ class _Call:
         if "position_ids" in accepted and callable(generates) and generates():
             # As generate() does: left padding does not shift the positions of the real tokens.
             self.kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        self.shape = tuple(ids.shape)
+        self.mask = mask
+        self.position = position
+        #: The explained position per sample (``None`` for classifiers); known before the first forward
+        #: pass for models that keep logits, else set by it.
+        self.positions: torch.Tensor | None = None
+        self.keep: tuple[torch.Tensor, torch.Tensor] | None = None
+        if "logits_to_keep" in accepted:
+            self.positions = _positions(position, mask)
+            self.keep = torch.unique(self.positions, return_inverse=True)
 
-    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+    def logits(self, embeddings: torch.Tensor, **extra: Any) -> torch.Tensor:
         """The model's logits for ``embeddings``."""
-        output = self.forward(inputs_embeds=embeddings, **self.kwargs)
+        output = self.forward(inputs_embeds=embeddings, **self.kwargs, **extra)
         logits = getattr(output, "logits", None)
         if not isinstance(logits, torch.Tensor):
             raise SpecError(
@@ -196,16 +210,37 @@ class _Call:
             )
         return logits
 
-    def selected(self, positions: torch.Tensor | None):
-        """A forward from embeddings to the logits the target chooses from (at ``positions``)."""
+    def selected(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The logits the target chooses from: at the explained positions (language models), or per sequence."""
+        if self.keep is not None:
+            kept, index = self.keep
+            logits = self.logits(embeddings, logits_to_keep=kept)
+            return logits[torch.arange(logits.shape[0], device=logits.device), index]
+        logits = self.logits(embeddings)
+        if logits.ndim != 3:
+            if self.position is not None:
+                raise SpecError(f"position= is for language models; {type(self.model).__name__} returns one logit "
+                                "vector per sequence")
+            return logits
+        if self.positions is None:
+            self.positions = _positions(self.position, self.mask)
+        return logits[torch.arange(logits.shape[0], device=logits.device), self.positions]
 
-        def forward(embeddings: torch.Tensor) -> torch.Tensor:
-            logits = self.logits(embeddings)
-            if positions is None:
-                return logits
-            return logits[torch.arange(logits.shape[0], device=logits.device), positions]
 
-        return forward
+class _Chooser:
+    """The target callable: the one-hot of each sample's target, chosen on the first output it sees, times it."""
+
+    def __init__(self, target: Any, tokenizer: Any, model: torch.nn.Module, call: _Call) -> None:
+        self.target, self.tokenizer, self.model, self.call = target, tokenizer, model, call
+        self.targets: torch.Tensor | None = None
+        self.onehot: torch.Tensor | None = None
+
+    def __call__(self, out: torch.Tensor) -> torch.Tensor:
+        if self.targets is None:
+            language = self.call.positions is not None
+            self.targets = _targets(self.target, out.detach(), self.tokenizer, self.model, language)
+            self.onehot = torch.nn.functional.one_hot(self.targets, out.shape[-1]).to(out.dtype)
+        return out * self.onehot
 
 
 def _token_ids(input_ids: Any, attention_mask: Any, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
