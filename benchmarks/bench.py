@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import importlib
 import json
 import os
 import platform
@@ -345,42 +346,19 @@ def _cpu_name() -> str:
 
 def _notes() -> str:
     path = ROOT / "benchmarks" / "NOTES.md"
-    return (
-        ("\n" + path.read_text() if path.exists() else "") + _startup_section() + _evaluation_section()
-        + _transformers_section()
-    )
+    kept = "".join(_kept_section(script) for script in ("startup", "evaluate", "bench_transformers", "bench_language"))
+    return ("\n" + path.read_text() if path.exists() else "") + kept
 
 
-def _startup_section() -> str:
-    """The start-up section that ``benchmarks/startup.py`` wrote into docs/benchmarks.md, kept as it is."""
-    from startup import BEGIN, DOC, END
-
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else ""
-    if BEGIN not in text or END not in text:
-        return ""
-    return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
-
-
-def _evaluation_section() -> str:
-    """The evaluation section that ``benchmarks/evaluate.py`` wrote into docs/benchmarks.md, kept as it is."""
-    from evaluate import BEGIN, END
-
+def _kept_section(script: str) -> str:
+    """The section that ``benchmarks/<script>.py`` wrote into docs/benchmarks.md (between its markers), kept as is."""
+    module = importlib.import_module(script)
+    begin, end = module.BEGIN, module.END
     doc = ROOT / "docs" / "benchmarks.md"
     text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    if BEGIN not in text or END not in text:
+    if begin not in text or end not in text:
         return ""
-    return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
-
-
-def _transformers_section() -> str:
-    """The transformer section that ``benchmarks/bench_transformers.py`` wrote into docs/benchmarks.md, kept."""
-    from bench_transformers import BEGIN, END
-
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    if BEGIN not in text or END not in text:
-        return ""
-    return "\n" + BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END + "\n"
+    return "\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
 
 
 if __name__ == "__main__":
