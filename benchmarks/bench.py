@@ -30,14 +30,12 @@ Method (see docs/benchmarks.md for the discussion):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -45,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _measure import STEADY, extra_peak, probe_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 PRESETS = ("epsilon_gamma_box", "epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon")
@@ -181,32 +180,15 @@ def agreement(variants: dict[str, Callable[[], torch.Tensor]], presets: tuple[st
     return out
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_probe(arch: str, batch: int, variant: str) -> int:
     """Peak extra resident memory (bytes) of one call, measured in this (fresh) process."""
     presets = tuple(p for p in PRESETS if variant.endswith(" " + p))
     variants = make_variants(arch, batch, presets)
     call = variants[variant]
-    call()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    call()
-    return _status("VmHWM") - before
+    return extra_peak(call)
 
 
-STEADY_ALLOCATOR = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_MAX_": "0"}
-
-
-def _default_allocator_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in STEADY_ALLOCATOR}
+STEADY_ALLOCATOR = STEADY
 
 
 def _steady_allocator_active() -> bool:
@@ -221,18 +203,8 @@ def _steady_allocator(argv: list[str]) -> None:
 
 
 def memory_case(arch: str, batch: int, names: list[str]) -> dict[str, float]:
-    out = {}
-    for name in names:
-        cmd = [sys.executable, __file__, "--memory-probe", f"{arch}:{batch}", name]
-        env = dict(_default_allocator_env(), PYTHONPATH=str(ROOT))
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            print(result.stderr[-2000:], file=sys.stderr)
-            out[name] = float("nan")
-            continue
-        out[name] = json.loads(result.stdout.strip().splitlines()[-1])["bytes"] / 2**20
-    return out
-
+    return probe_memory(__file__, {n: ["--memory-probe", f"{arch}:{batch}", n] for n in names},
+                        env={"PYTHONPATH": str(ROOT)})
 
 # -- report --------------------------------------------------------------------------------------
 def render(results: list[dict], meta: dict) -> str:

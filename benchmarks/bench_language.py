@@ -49,13 +49,11 @@ Needs ``transformers``, ``lxt==2.1`` and the zplug-transformers plugin on the pa
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -63,6 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -73,8 +72,6 @@ PRESETS = ("attnlrp", "cp_lrp")
 LXT_NAMES = {"attnlrp": "LXT attnLRP", "cp_lrp": "LXT cp_LRP"}
 LXT_VARIANTS = {"attnlrp": "attnLRP", "cp_lrp": "cp_LRP"}
 GRADIENT, LEAN = "gradient", "gradient, last logits"
-STEADY = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_MAX_": "0"}
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 THREADS = 2
 STABILIZER = 1e-12
 
@@ -226,49 +223,19 @@ def time_case(case: str, rounds: int, attention: str) -> dict:
             "restored": restored}  # fmt: skip
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_probe(case: str, name: str, attention: str) -> int:
     """Peak extra resident memory (bytes) of one call of variant ``name``, in this (fresh) process."""
     layers, tokens = (int(part) for part in case.split(":"))
     call = variants(build(layers, attention), token_ids(tokens), {name})[name]
-    call()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    call()
-    return _status("VmHWM") - before
+    return extra_peak(call)
 
 
 def memory_case(case: str, names: list[str], attention: str) -> dict[str, float]:
-    out = {}
-    env = {k: v for k, v in os.environ.items() if k not in STEADY}
-    for name in names:
-        cmd = [sys.executable, __file__, "--attention", attention, "--memory-probe", case, name]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            print(result.stderr[-2000:], file=sys.stderr)
-            out[name] = float("nan")
-            continue
-        out[name] = json.loads(result.stdout.strip().splitlines()[-1])["bytes"] / 2**20
-    return out
-
+    return probe_memory(__file__, {n: ["--attention", attention, "--memory-probe", case, n] for n in names})
 
 def _reexec(argv: list[str], omp: str) -> None:
     """Re-execute with the steady allocator (and passive OpenMP waiting), unless that is done."""
-    wanted = dict(STEADY) if platform.libc_ver()[0] == "glibc" else {}
-    if omp == "passive":
-        wanted.update(PASSIVE)
-    if all(os.environ.get(k) == v for k, v in wanted.items()):
-        return
-    os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **wanted})
-
+    reexec(__file__, argv, {**STEADY, **(PASSIVE if omp == "passive" else {})})
 
 # -- report ----------------------------------------------------------------------------------------
 def _preset_of(name: str) -> str | None:
@@ -344,14 +311,7 @@ def verdicts(results: list[dict]) -> list[str]:
 
 def update(doc: Path, section: str) -> None:
     """Replace the language section of ``doc`` (or append it), keeping everything else."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
-
+    replace_section(doc, section, BEGIN, END)
 
 def _reading(doc: Path) -> tuple[str, ...]:
     """The hand-written reading kept from the current section (everything after the ``Reading:`` line)."""

@@ -37,13 +37,11 @@ Needs torchvision, ``lxt==2.1`` (``pip install --no-deps``) and ``transformers``
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -51,6 +49,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -59,8 +58,6 @@ CASES = ("vit_b_16:1", "vit_b_16:8")
 QUICK_CASES = ("vit_l4:1",)
 PRESETS = ("attnlrp", "cp_lrp")
 LXT_NAMES = {"attnlrp": "LXT AttnLRP", "cp_lrp": "LXT cp_LRP"}
-STEADY = {"MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_MAX_": "0"}
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -218,50 +215,20 @@ def time_case(case: str, rounds: int) -> dict:
     return {"case": case, "rounds": rounds, "times": times, "cpu": cpu, "agreement": agreement}
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def memory_probe(case: str, name: str) -> int:
     """Peak extra resident memory (bytes) of one call of variant ``name``, in this (fresh) process."""
     arch, batch = case.split(":")
     presets = tuple(p for p in PRESETS if name in (f"zplug {p}", LXT_NAMES[p]))
     call = variants(build(arch), build_input(int(batch)), presets)[name]
-    call()
-    gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    call()
-    return _status("VmHWM") - before
+    return extra_peak(call)
 
 
 def memory_case(case: str, names: list[str]) -> dict[str, float]:
-    out = {}
-    env = {k: v for k, v in os.environ.items() if k not in STEADY}
-    for name in names:
-        cmd = [sys.executable, __file__, "--memory-probe", case, name]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-        if result.returncode != 0:
-            print(result.stderr[-2000:], file=sys.stderr)
-            out[name] = float("nan")
-            continue
-        out[name] = json.loads(result.stdout.strip().splitlines()[-1])["bytes"] / 2**20
-    return out
-
+    return probe_memory(__file__, {n: ["--memory-probe", case, n] for n in names})
 
 def _reexec(argv: list[str], omp: str) -> None:
     """Re-execute with the steady allocator (and passive OpenMP waiting), unless that is done."""
-    wanted = dict(STEADY) if platform.libc_ver()[0] == "glibc" else {}
-    if omp == "passive":
-        wanted.update(PASSIVE)
-    if all(os.environ.get(k) == v for k, v in wanted.items()):
-        return
-    os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **wanted})
-
+    reexec(__file__, argv, {**STEADY, **(PASSIVE if omp == "passive" else {})})
 
 # -- report ----------------------------------------------------------------------------------------
 def render(results: list[dict], meta: str) -> str:
@@ -338,15 +305,8 @@ READING = (
 
 
 def update(doc: Path, section: str) -> None:
-    """Replace the transformer section of ``doc`` (or append it)."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
-
+    """Replace the transformer section of ``doc`` (or append it), keeping everything else."""
+    replace_section(doc, section, BEGIN, END)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

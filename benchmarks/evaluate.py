@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _measure import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CASES = ("demo:16:region", "demo:16:pixels", "demo:1:region", "resnet18:16:region", "resnet18:16:pixels",
@@ -155,15 +156,7 @@ def _fmt(seconds: float) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the evaluation section of ``path`` (or append it)."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-
+    replace_section(path, section, BEGIN, END)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

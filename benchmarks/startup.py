@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _measure import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- startup: written by benchmarks/startup.py -->", "<!-- /startup -->"
@@ -142,14 +144,7 @@ def render(rows: list[dict], meta: dict) -> str:
 
 def update(doc: Path, section: str) -> None:
     """Replace the start-up section of ``doc`` (or append it)."""
-    text = doc.read_text(encoding="utf-8") if doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text, encoding="utf-8")
-
+    replace_section(doc, section, BEGIN, END)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
