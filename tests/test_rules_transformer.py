@@ -225,8 +225,32 @@ def test_product_to_value_gives_everything_to_the_value_and_nothing_through_scor
     assert got_attn is None
     torch.testing.assert_close(got_v, expected_v, rtol=1e-9, atol=1e-12)
     q, k = _random(2, 3, 4, generator=g), _random(2, 4, 3, generator=g)
-    _, grads = _relevance(MatMul(scale=0.5), (q, k), cp, relevance_out[..., :3])
-    assert grads == (None, None)
+    leaves = (q.requires_grad_(), k.requires_grad_())
+    scores = MatMul(scale=0.5)
+    with attach_rules(scores, {"": cp}):
+        # No relevance goes through q @ k^T: the engine detaches both, so the scores keep no graph at all
+        # (and nothing behind them is kept for a backward pass).
+        assert not scores(*leaves).requires_grad
+    with attach_rules(scores, {"": cp}, observers=(lambda *a: None,)):  # watched: every operation stays visible
+        out = scores(*leaves)
+        assert torch.autograd.grad(out, leaves, relevance_out[..., :3], allow_unused=True) == (None, None)
+
+
+def test_detaching_what_gets_no_relevance_changes_no_relevance():
+    """cp_lrp on a small attention block: the same relevance with and without the detaching (observers off/on)."""
+    g = torch.Generator().manual_seed(11)
+    attn_logits, v = _random(2, 3, 3, generator=g), _random(2, 3, 4, generator=g)
+    relevance_out = _random(2, 3, 4, generator=g)
+    cp = pr.Product(epsilon=EPS, to="value")
+    context = MatMul(value=1)
+    results = []
+    for observers in ((), (lambda *a: None,)):
+        x, u = attn_logits.clone().requires_grad_(), v.clone().requires_grad_()
+        with attach_rules(context, {"": cp}, observers=observers):
+            out = context(torch.softmax(x, -1), u * 1.0)
+            results.append(torch.autograd.grad(out, (x, u), relevance_out, allow_unused=True))
+    assert results[0][0] is None and results[1][0] is None
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(("shape_gate", "shape_value"), [((2, 5), (2, 5)), ((2, 1, 3), (2, 4, 3))])

@@ -306,6 +306,14 @@ class Binding:
             tensors = spec.tensors()
         if not any(t.requires_grad for t in tensors):
             return self.original_forward(*args, **kwargs)
+        if spec.shared and not self.observers:
+            receivers = self.rule.receivers(self.module, tensors)
+            if receivers is not None and len(receivers) < sum(t.requires_grad for t in tensors):
+                # Inputs the rule gives no relevance are detached: the graph behind them (CP-LRP's
+                # query/key path with its scores and softmax) is freed after the forward pass.
+                tensors = tuple(t if i in receivers else t.detach() for i, t in enumerate(tensors))
+                if not any(t.requires_grad for t in tensors):
+                    return self.original_forward(*tensors)
         return _RuleFunction.apply(self, spec, *tensors)
 
     def __repr__(self) -> str:

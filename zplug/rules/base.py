@@ -12,7 +12,7 @@ ledger use: :attr:`Rule.passes_relevance` (its backward hands the relevance thro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -94,6 +94,17 @@ class Rule(Part):
         where this applies as a note. The default is False.
         """
         return False
+
+    def receivers(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Collection[int] | None:
+        """The positions of ``inputs`` (a call with tensor arguments only) that can receive relevance.
+
+        ``None`` (the default): any of them. The engine detaches the others before the module runs, so
+        the graph behind them, and whatever it keeps for its backward pass, is freed once the forward
+        pass no longer needs it (CP-LRP's query/key path keeps no attention scores). Only declare what
+        :meth:`backward` would return ``None`` (or zeros) for anyway: the relevance must not change.
+        Not used while observers (the ledger) watch the layer, so they still see every operation.
+        """
+        return None
 
     def backward(self, call: LayerCall, grad_outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
         """Return the relevance of each of ``call.inputs`` given the relevance of each output.

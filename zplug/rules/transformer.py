@@ -385,6 +385,14 @@ class Product(Rule):
         positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
         return tuple(shares.get(i) for i in positions)
 
+    def receivers(self, module, inputs):
+        """With ``to="value"`` on a matrix or element-wise product: the value operand only (see :meth:`_weights`)."""
+        from zplug.functional_layers import MatMul, Mul
+
+        if self.to != "value" or not isinstance(module, (MatMul, Mul)):
+            return None
+        return tuple(self._weights(module, [i for i, operand in enumerate(inputs) if _carries(operand)]))
+
     def _weights(self, module, carriers: list[int]) -> dict[int, float]:
         if len(carriers) <= 1 or self.to == "all":
             return {i: 1.0 / len(carriers) for i in carriers}
