@@ -73,3 +73,32 @@ def replace_section(doc: Path, section: str, begin: str, end: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text, encoding="utf-8")
+
+
+#: The transformer targets: zplug's time at most LXT's for the same relevance and 1.5× the plain gradient's.
+TARGETS = {"LXT": 1.0, "gradient": 1.5}
+
+
+def verdicts(results: Sequence[dict], lxt_names: Mapping[str, str], label: Callable[[dict], str]) -> list[str]:
+    """One line per case and preset (keys of ``lxt_names``): ratios against :data:`TARGETS` on CPU time, wall
+    time in brackets, and memory against LXT's. ``label(result)`` names the case."""
+    import statistics
+
+    lines = ["Targets (judged on CPU time, wall time in brackets): zplug ≤ 1.0× LXT's time for the same relevance, "
+             "≤ 1.5× the plain gradient's, extra memory ≤ LXT's.", ""]
+    for res in results:
+        wall = {key: statistics.median(values) for key, values in res["times"].items()}
+        cpu = {key: statistics.median(values) for key, values in res["cpu"].items()}
+        memory = res.get("memory", {})
+        for preset, theirs in lxt_names.items():
+            ours = f"zplug {preset}"
+            parts = []
+            for target, other in (("LXT", theirs), ("gradient", "gradient")):
+                ratio = cpu[ours] / cpu[other]
+                mark = "✓" if ratio <= TARGETS[target] else "✗"
+                parts.append(f"{ratio:.2f}× {target} ({wall[ours] / wall[other]:.2f}×) {mark}")
+            if ours in memory and theirs in memory:
+                mark = "✓" if memory[ours] <= memory[theirs] else "✗"
+                parts.append(f"memory {memory[ours]:.0f} / {memory[theirs]:.0f} MB {mark}")
+            lines.append(f"* {label(res)} `{preset}`: " + ", ".join(parts))
+    return lines

@@ -188,18 +188,17 @@ def memory_probe(arch: str, batch: int, variant: str) -> int:
     return extra_peak(call)
 
 
-STEADY_ALLOCATOR = STEADY
 
 
 def _steady_allocator_active() -> bool:
-    return all(os.environ.get(k) == v for k, v in STEADY_ALLOCATOR.items())
+    return all(os.environ.get(k) == v for k, v in STEADY.items())
 
 
 def _steady_allocator(argv: list[str]) -> None:
     """Re-execute this script with glibc's trimming and mmap off, unless that is done (or not glibc)."""
     if platform.libc_ver()[0] != "glibc" or _steady_allocator_active():
         return
-    os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **STEADY_ALLOCATOR})
+    os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **STEADY})
 
 
 def memory_case(arch: str, batch: int, names: list[str]) -> dict[str, float]:

@@ -61,7 +61,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section
+from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -270,7 +270,7 @@ def render(results: list[dict], meta: str, reading: tuple[str, ...] = ()) -> str
             mem = f"{memory[name]:.0f} MB" if name in memory else "-"
             lines.append(f"| {label} | {name} | {_seconds(wall[name])} | {_seconds(cpu[name])} | {to_lxt} "
                          f"| {to_gradient} | {mem} | {agree} |")  # fmt: skip
-    lines += ["", *verdicts(results)]
+    lines += ["", *language_verdicts(results)]
     if reading:
         lines += ["", *reading]
     lines += ["", END]
@@ -281,37 +281,18 @@ def _seconds(value: float) -> str:
     return f"{value:.2f} s" if value >= 1 else f"{value * 1e3:.0f} ms"
 
 
-TARGETS = {"LXT": 1.0, "gradient": 1.5}
-
-
-def verdicts(results: list[dict]) -> list[str]:
-    """One line per case and preset: the ratios against the targets, judged on CPU time (wall time in brackets)."""
-    lines = ["Targets (judged on CPU time, wall time in brackets): zplug ≤ 1.0× LXT's time for the same relevance, "
-             "≤ 1.5× the plain gradient's, extra memory ≤ LXT's.", ""]
-    for res in results:
-        wall = {key: statistics.median(values) for key, values in res["times"].items()}
-        cpu = {key: statistics.median(values) for key, values in res["cpu"].items()}
-        memory = res.get("memory", {})
-        for preset in PRESETS:
-            ours, theirs = f"zplug {preset}", LXT_NAMES[preset]
-            parts = []
-            for label, other in (("LXT", theirs), ("gradient", GRADIENT)):
-                ratio = cpu[ours] / cpu[other]
-                mark = "✓" if ratio <= TARGETS[label] else "✗"
-                parts.append(f"{ratio:.2f}× {label} ({wall[ours] / wall[other]:.2f}×) {mark}")
-            if ours in memory and theirs in memory:
-                mark = "✓" if memory[ours] <= memory[theirs] else "✗"
-                parts.append(f"memory {memory[ours]:.0f} / {memory[theirs]:.0f} MB {mark}")
-            lines.append(f"* {res['case'].split(':')[1]} tokens `{preset}`: " + ", ".join(parts))
+def language_verdicts(results: list[dict]) -> list[str]:
+    """The shared verdict lines, and whether undoing LXT's patches left zplug's results bit-identical."""
+    lines = verdicts(results, LXT_NAMES, lambda res: f"{res['case'].split(':')[1]} tokens")
     restored = all(res.get("restored") for res in results)
-    lines += ["", "LXT's patches undone after each call: zplug's and the gradient's results after LXT calls are "
-              + ("bit-identical to those before ✓." if restored else "NOT identical to those before ✗.")]
-    return lines
+    return lines + ["", "LXT's patches undone after each call: zplug's and the gradient's results after LXT calls "
+                    "are " + ("bit-identical to those before ✓." if restored else "NOT identical to those before ✗.")]
 
 
 def update(doc: Path, section: str) -> None:
     """Replace the language section of ``doc`` (or append it), keeping everything else."""
     replace_section(doc, section, BEGIN, END)
+
 
 def _reading(doc: Path) -> tuple[str, ...]:
     """The hand-written reading kept from the current section (everything after the ``Reading:`` line)."""

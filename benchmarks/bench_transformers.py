@@ -49,7 +49,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section
+from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -255,33 +255,8 @@ def render(results: list[dict], meta: str) -> str:
             agree = f"{res['agreement'][preset]:.1e}" if name.startswith("zplug") else ""
             mem = f"{memory[name]:.0f} MB" if name in memory else "-"
             lines.append(f"| {res['case']} | {name} | {' | '.join(cells)} | {mem} | {agree} |")
-    lines += ["", *verdicts(results), "", *READING, "", END]
+    lines += ["", *verdicts(results, LXT_NAMES, lambda res: res["case"]), "", *READING, "", END]
     return "\n".join(lines)
-
-
-TARGETS = {"LXT": 1.0, "gradient": 1.5}
-
-
-def verdicts(results: list[dict]) -> list[str]:
-    """One line per case and preset: the ratios against the targets, judged on CPU time (wall time in brackets)."""
-    lines = ["Targets (judged on CPU time, wall time in brackets): zplug ≤ 1.0× LXT's time for the same relevance, "
-             "≤ 1.5× the plain gradient's, extra memory ≤ LXT's.", ""]
-    for res in results:
-        wall = {key: statistics.median(values) for key, values in res["times"].items()}
-        cpu = {key: statistics.median(values) for key, values in res["cpu"].items()}
-        memory = res.get("memory", {})
-        for preset in PRESETS:
-            ours, theirs = f"zplug {preset}", LXT_NAMES[preset]
-            parts = []
-            for label, other in (("LXT", theirs), ("gradient", "gradient")):
-                ratio = cpu[ours] / cpu[other]
-                mark = "✓" if ratio <= TARGETS[label] else "✗"
-                parts.append(f"{ratio:.2f}× {label} ({wall[ours] / wall[other]:.2f}×) {mark}")
-            if ours in memory and theirs in memory:
-                mark = "✓" if memory[ours] <= memory[theirs] else "✗"
-                parts.append(f"memory {memory[ours]:.0f} / {memory[theirs]:.0f} MB {mark}")
-            lines.append(f"* {res['case']} `{preset}`: " + ", ".join(parts))
-    return lines
 
 
 READING = (

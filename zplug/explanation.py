@@ -136,6 +136,7 @@ def explain(
     from zplug.finite import check_inputs_finite, check_output_finite, check_relevance_finite
 
     check_eval_mode(model)
+    check_inputs_finite(inputs)
     if preset is not None and mapping is not None:
         raise SpecError("give either preset= or mapping=, not both")
     if preset is None and canonizers is not None:
@@ -166,7 +167,6 @@ def explain(
         model, mapping, output_index=output_index, observers=() if book is None else (book.observe,)
     )
     watching = nullcontext() if book is None else book.watching(model)
-    check_inputs_finite(inputs)
     with session, watching:
         output, relevance = session(
             inputs, target, progress=progress, before_backward=None if book is None else book.trace

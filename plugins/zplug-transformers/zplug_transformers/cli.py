@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from zplug.errors import InputError, SpecError, ZplugError
+from zplug_transformers.render import TokenScores, dumps, page, terminal
 
 EPILOG = """\
 examples:
@@ -122,11 +123,11 @@ def load_model(spec: str, dtype: str):
     try:
         config = transformers.AutoConfig.from_pretrained(spec, **options)
     except (OSError, ValueError) as exc:
-        where = "folder" if os.path.isdir(spec) else "model"
+        if os.path.isdir(spec):
+            raise InputError(f"--model '{spec}': {_first_line(exc)}") from None
         raise InputError(
             f"--model '{spec}': cannot read its config.json ({_first_line(exc)}); give a folder written by "
             "save_pretrained(), or a model name already in the local Hugging Face cache (zplug never downloads)"
-            if where == "model" else f"--model '{spec}': {_first_line(exc)}"
         ) from None
     cls = _model_class(config, spec)
     try:
@@ -180,10 +181,10 @@ def run(args: argparse.Namespace) -> int:
         for name, prompt in zip(names, prompts):
             scores = explain_prompt(model, tokenizer, prompt, target, preset, args.strict, params)
             results.append(scores)
-            print(_render_terminal(scores, color), flush=True)
+            print(terminal(scores, color=color), flush=True)
             if folder is not None:
                 _write(folder, f"{name}.html", _page([scores], prompt))
-                _write(folder, f"{name}.json", _json(scores))
+                _write(folder, f"{name}.json", dumps(scores))
             bar.update()
         if folder is not None:
             _write(folder, "index.html", _page(results, "all prompts"))
@@ -201,7 +202,6 @@ def run(args: argparse.Namespace) -> int:
 
 def explain_prompt(model, tokenizer, prompt: str, target: Any, preset: Any, strict: bool, params: dict):
     """Explain one prompt and return its :class:`~zplug_transformers.render.TokenScores`."""
-    from zplug_transformers.render import TokenScores
     from zplug_transformers.tokens import explain_tokens
 
     result = explain_tokens(model, prompt, target, tokenizer=tokenizer, preset=preset, strict=strict, **params)
@@ -221,22 +221,8 @@ def explain_prompt(model, tokenizer, prompt: str, target: Any, preset: Any, stri
     )
 
 
-def _render_terminal(scores, color: bool) -> str:
-    from zplug_transformers.render import terminal
-
-    return terminal(scores, color=color)
-
-
 def _page(prompts, title: str) -> str:
-    from zplug_transformers.render import page
-
     return page(prompts, title=f"zplug: relevance per token ({title})")
-
-
-def _json(scores) -> str:
-    from zplug_transformers.render import dumps
-
-    return dumps(scores)
 
 
 def _write(folder, name: str, text: str) -> None:
