@@ -97,10 +97,11 @@ def test_tune_writes_a_checked_preset_and_resumes(registry, capsys, tmp_path):
     model, x = load_model(), images()
     relevance = zplug.explain(model, x, preset=preset, low=0.0, high=1.0).relevance
     again = zplug.evaluate(model, x, None, relevance, metric="srg", patch_size=8, steps=3)
-    assert again.mean == pytest.approx(best["score"], abs=1e-12)
+    # float32 relevance: tune and this call may batch differently, which moves the score by round-off only
+    assert again.mean == pytest.approx(best["score"], abs=1e-7)
     assert zplug.load_preset(preset).params["gamma"].default == best["params"]["gamma"]
     tuned_row = summary["comparison"]["tune"]["epsilon_gamma_box_tuned (tuned)"]
-    assert tuned_row["mean"] == pytest.approx(best["score"], abs=1e-12)
+    assert tuned_row["mean"] == pytest.approx(best["score"], abs=1e-7)
     # the output exists: refused without --overwrite; with it, the log is resumed (no trial runs again)
     status, _, err = run(capsys, *args)
     assert status == 2 and "epsilon_gamma_box_tuned.toml' exists; choose another output or pass --overwrite" in err

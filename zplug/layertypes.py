@@ -38,6 +38,8 @@ BILINEAR = _paths("zplug.layers", "MatMul")
 SOFTMAX = _paths("torch.nn", "Softmax")
 NORMALIZATION = _paths("torch.nn", "LayerNorm", "GroupNorm", "RMSNorm") + _paths("zplug.layers", "Normalize")
 GATE = _paths("zplug.layers", "Mul")
+#: Attention as one module (scores, softmax and context inside it), which ``recompute`` can sit on.
+ATTENTION = _paths("zplug.layers", "ScaledDotProductAttention")
 #: Lookup tables: their input is integer (token ids), so they start the differentiable path, never sit on it.
 EMBEDDING = _paths("torch.nn", "Embedding", "EmbeddingBag")
 #: Smooth element-wise non-linearities, which AttnLRP gives the identity rule (``pass``).
@@ -63,12 +65,13 @@ def zplug_register_layer_types():
         "softmax": SOFTMAX,
         "normalization": NORMALIZATION,
         "gate": GATE,
+        "attention": ATTENTION,
         "nonlinearity": NONLINEARITY,
         "embedding": EMBEDDING,
     }
 
 
 __all__ = (
-    "ACTIVATION", "AVGPOOL", "BATCHNORM", "BILINEAR", "CONVOLUTION", "EMBEDDING", "GATE", "LINEAR", "MAXPOOL",
+    "ACTIVATION", "ATTENTION", "AVGPOOL", "BATCHNORM", "BILINEAR", "CONVOLUTION", "EMBEDDING", "GATE", "LINEAR", "MAXPOOL",
     "NONLINEARITY", "NORMALIZATION", "SOFTMAX", "SUM",
 )  # fmt: skip

@@ -98,7 +98,10 @@ def _mha_forward(
         padding = padding.reshape(n, 1, 1, source)
         mask = padding if mask is None else mask + padding
     dropout = self.dropout if self.training else 0.0
-    out, weights = self.attention.attend(q, k, v, mask, dropout)
+    if need_weights:
+        out, weights = self.attention.attend(q, k, v, mask, dropout)
+    else:  # through the module's call, so that a rule on the whole attention (recompute) applies
+        out, weights = self.attention(q, k, v, mask, dropout), None
     out = self.out_proj(out.transpose(1, 2).reshape(n, length, self.embed_dim))
     if batched and not self.batch_first:
         out = out.transpose(0, 1)

@@ -229,7 +229,8 @@ def structure_key(model: torch.nn.Module, canonizers: Sequence[Any]) -> tuple:
 def rules_key(rules: Mapping[str, Any]) -> tuple:
     """The part of a cache key that stands for the rules: their modules, classes and what the analysis asks."""
     return tuple(
-        (name, type(rule), needs_rectified_output(rule), passes_relevance(rule)) for name, rule in rules.items()
+        (name, type(rule), needs_rectified_output(rule), passes_relevance(rule), getattr(rule, "recomputes", False))
+        for name, rule in rules.items()
     )
 
 
@@ -259,6 +260,8 @@ def analyse(
     from zplug.coverage.fx import FxTraceError, trace_steps
 
     table = treatment_table(registry)
+    # A module whose rule recomputes it is covered by the rules inside it: trace into it.
+    rules = {name: rule for name, rule in rules.items() if not getattr(rule, "recomputes", False)}
     try:
         steps, called = trace_steps(model, rules, table)
     except FxTraceError as exc:

@@ -122,6 +122,10 @@ class LayerCall:
             self._op = op
         return self._op
 
+    def rebuild(self, tensors: tuple[torch.Tensor, ...]) -> tuple[tuple, dict]:
+        """The call's ``(args, kwargs)`` with ``tensors`` in place of :attr:`inputs` (same order)."""
+        return self._spec.rebuild(tensors)
+
     def params(self) -> dict[str, torch.Tensor | None]:
         """The module's direct parameters by name (as canonizers present them)."""
         return params_of(self.module)
@@ -141,7 +145,7 @@ class LayerCall:
     @property
     def outputs(self) -> tuple[torch.Tensor, ...]:
         """All tensor outputs of the forward pass."""
-        stale = any(t is not None and t._version != v for t, v in self._saved_outputs)
+        stale = any(t is None or t._version != v for t, v in self._saved_outputs)
         if stale or torch.is_grad_enabled():
             with rule_computation():
                 out = self.binding.original_forward(*self.args, **self.kwargs)
@@ -175,7 +179,8 @@ class _RuleFunction(torch.autograd.Function):
         ctx.shortcut = binding.passes and len(outs) == 1 and len(tensors) == 1 and outs[0].shape == tensors[0].shape
         ctx.save_for_backward(*tensors)
         # Outputs are kept detached (no reference cycle); their version tells if they were changed in place.
-        ctx.outputs = tuple((o.detach(), o._version) for o in outs)
+        # A rule that recomputes the forward keeps none (they would be recomputed if asked for).
+        ctx.outputs = tuple((None if binding.rule.recomputes else o.detach(), o._version) for o in outs)
         return output
 
     @staticmethod
@@ -193,7 +198,7 @@ class _RuleFunction(torch.autograd.Function):
             if all(g is None for g in grad_outputs) and not binding.observers:
                 return (None, None, *(None,) * len(inputs))  # no relevance arrives: none leaves
             grad_outputs = tuple(
-                torch.zeros_like(o) if g is None else g for g, (o, _) in zip(grad_outputs, ctx.outputs)
+                _zeros_for(ctx, i) if g is None else g for i, g in enumerate(grad_outputs)
             )
         if not binding.active:  # after attach_rules exited (e.g. a second-order pass): the plain gradient
             return (None, None, *_plain_gradient(binding, ctx.spec, inputs, grad_outputs))
@@ -216,6 +221,14 @@ class _RuleFunction(torch.autograd.Function):
         for observer in binding.observers:
             observer(binding, call, grad_outputs, relevance)
         return (None, None, *relevance)
+
+
+def _zeros_for(ctx: Any, index: int) -> torch.Tensor:
+    """Zeros shaped like output ``index`` of the call (recomputed where the call kept no outputs)."""
+    kept = ctx.outputs[index][0]
+    if kept is None:
+        kept = LayerCall(ctx, ctx.saved_tensors).outputs[index]
+    return torch.zeros_like(kept)
 
 
 def _aliases(output: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> bool:
@@ -291,13 +304,22 @@ class Binding:
         #: the plain gradient is already the relevance, so no autograd node is made (unless observers
         #: want to see the layer).
         self.skippable = self.passes and is_identity(original_forward)
+        #: The rule recomputes the module's forward (:attr:`Rule.recomputes`): with observers attached the
+        #: module runs as it is, so that they see the rules inside it.
+        self.recomputes = rule.recomputes
         #: While True, backward passes through this module compute relevance; ``attach_rules``
         #: sets it to False on exit, so graphs built inside the block then give plain gradients.
         self.active = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the module; under autograd, route its gradient through the rule."""
-        if inside_rule() or not torch.is_grad_enabled() or not self.active or (self.skippable and not self.observers):
+        if (
+            inside_rule()
+            or not torch.is_grad_enabled()
+            or not self.active
+            or (self.skippable and not self.observers)
+            or (self.recomputes and bool(self.observers))
+        ):
             return self.original_forward(*args, **kwargs)
         if not kwargs and all(isinstance(a, torch.Tensor) and a.is_floating_point() for a in args):
             spec, tensors = _ArgSpec.positional(len(args)), args

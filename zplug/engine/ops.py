@@ -54,6 +54,21 @@ def rule_computation() -> _RuleComputation:
 
 
 @contextmanager
+def rules_applying() -> Iterator[None]:
+    """Let patched forwards apply their rules again inside a rule's computation; use as ``with``.
+
+    A rule that re-runs a module's forward to have the rules of the modules inside it compute
+    relevance (``recompute``) runs that forward in this block.
+    """
+    depth = getattr(_guard, "depth", 0)
+    _guard.depth = 0
+    try:
+        yield
+    finally:
+        _guard.depth = depth
+
+
+@contextmanager
 def override_params(module: torch.nn.Module, params: Mapping[str, torch.Tensor | None]) -> Iterator[None]:
     """Make rules see ``params`` instead of ``module``'s own (used by canonizers such as BN merging).
 
@@ -266,4 +281,5 @@ __all__ = (
     "override_params",
     "params_of",
     "rule_computation",
+    "rules_applying",
 )

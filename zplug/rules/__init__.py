@@ -17,6 +17,7 @@ from zplug.rules.base import (
 )
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+from zplug.rules.recompute import Recompute
 from zplug.rules.transformer import FrozenScale, Product, Softmax
 
 
@@ -48,6 +49,7 @@ __all__ = (
     "ReLUBetaSmooth",
     "ReLUDeconvNet",
     "ReLUGuidedBackprop",
+    "Recompute",
     "Rule",
     "Softmax",
     "WSquare",

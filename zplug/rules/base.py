@@ -86,6 +86,12 @@ class Rule(Part):
     #: (:mod:`zplug.coverage`) checks nothing.
     gradient_method: ClassVar[bool] = False
 
+    #: True for rules whose relevance is that of the rules inside the module, computed again in the
+    #: backward pass (``recompute``): the module's forward then keeps nothing for the backward pass but
+    #: its inputs. While observers (the ledger) watch, the engine runs the module's forward as it is,
+    #: so that they see the modules inside one by one; the coverage analysis looks inside it too.
+    recomputes: ClassVar[bool] = False
+
     def needs_rectified_output(self) -> bool:
         """Whether the rule loses relevance on a layer whose output is not rectified (no ReLU after it).
 

@@ -3,6 +3,7 @@
 from zplug.hookspecs import hookimpl
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
+from zplug.rules.recompute import Recompute
 from zplug.rules.transformer import FrozenScale, Product, Softmax
 
 
@@ -25,4 +26,5 @@ def zplug_register_rules():
         FrozenScale,
         Softmax,
         Product,
+        Recompute,
     ]
