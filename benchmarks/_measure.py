@@ -38,8 +38,16 @@ def extra_peak(call: Callable[[], object]) -> int:
     return status_bytes("VmHWM") - before
 
 
+#: Every allocation of 64 KiB or more gets pages of its own, returned when it is freed: the resident peak is then
+#: the peak of live tensors. With glibc's default (a threshold that grows, freed memory kept for reuse) the same
+#: call's peak moved by up to 150 MB between processes, depending on where buffers landed.
+EXACT = {"MALLOC_MMAP_THRESHOLD_": str(2**16)}
+
+
 def probe_memory(script: str, args: Mapping[str, Sequence[str]], env: Mapping[str, str] | None = None) -> dict:
-    """Run ``script ARGS`` in a fresh process per name (default allocator); each prints ``{"bytes": N}`` last.
+    """Run ``script ARGS`` in a fresh process per name; each prints ``{"bytes": N}`` last.
+
+    The processes get the default allocator, with ``env`` added (:data:`EXACT` for the peak of live tensors).
 
     Returns ``{name: megabytes}``, NaN where the probe failed (its error is printed).
     """

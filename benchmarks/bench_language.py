@@ -39,7 +39,8 @@ Method, as ``bench_transformers.py``:
   counts the work.
 * Agreement: ``max |R_zplug - R_LXT| / max |R_LXT|`` of the relevance per token.
 * Memory: one fresh process per variant runs a warm-up call, trims the heap, resets the high-water mark and
-  reports ``VmHWM - VmRSS`` of one call: the extra resident memory at the call's peak (default allocator).
+  reports ``VmHWM - VmRSS`` of one call: the extra resident memory at the call's peak, with every allocation of
+  64 KiB or more mapped on its own (``_measure.EXACT``), so that it is the peak of live tensors in every run.
 * Environment: the timing process runs with glibc's trimming and mmap off (steady allocator) and with
   ``OMP_WAIT_POLICY=PASSIVE`` (see ``bench_transformers.py`` for why); ``--omp default`` keeps OpenMP's default.
 
@@ -61,7 +62,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section, verdicts
+from _measure import EXACT, PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -231,7 +232,7 @@ def memory_probe(case: str, name: str, attention: str) -> int:
 
 
 def memory_case(case: str, names: list[str], attention: str) -> dict[str, float]:
-    return probe_memory(__file__, {n: ["--attention", attention, "--memory-probe", case, n] for n in names})
+    return probe_memory(__file__, {n: ["--attention", attention, "--memory-probe", case, n] for n in names}, EXACT)
 
 def _reexec(argv: list[str], omp: str) -> None:
     """Re-execute with the steady allocator (and passive OpenMP waiting), unless that is done."""

@@ -23,7 +23,8 @@ Method, as ``bench.py``:
 * Agreement: max |R_zplug - R_LXT| / max |R_LXT|; both are LRP-0 on dense layers (zplug's epsilon and
   stabilizer are 1e-12 here).
 * Memory: one fresh process per variant runs a warm-up call, trims the heap, resets the high-water mark and
-  reports ``VmHWM - VmRSS`` of one call (as ``bench.py``; default allocator).
+  reports ``VmHWM - VmRSS`` of one call, with every allocation of 64 KiB or more mapped on its own
+  (``_measure.EXACT``), so that it is the peak of live tensors, the same in every run.
 * Environment: the timing process runs with glibc's trimming and mmap off (``bench.py``'s ``--allocator
   steady``) and with ``OMP_WAIT_POLICY=PASSIVE``. On a machine whose cores are shared with other processes,
   OpenMP's default spin-waiting makes every parallel operator wait for a second thread that the scheduler has
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from _measure import PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section, verdicts
+from _measure import EXACT, PASSIVE, STEADY, extra_peak, probe_memory, reexec, replace_section, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -224,7 +225,7 @@ def memory_probe(case: str, name: str) -> int:
 
 
 def memory_case(case: str, names: list[str]) -> dict[str, float]:
-    return probe_memory(__file__, {n: ["--memory-probe", case, n] for n in names})
+    return probe_memory(__file__, {n: ["--memory-probe", case, n] for n in names}, EXACT)
 
 def _reexec(argv: list[str], omp: str) -> None:
     """Re-execute with the steady allocator (and passive OpenMP waiting), unless that is done."""

@@ -116,9 +116,11 @@ def test_mapping_shows_the_rewrites_and_the_rules(registry):
     model = tiny("qwen3")
     text = str(zplug.resolve(model, "attnlrp"))
     assert "qwen3: auto: the model is a Hugging Face Qwen3 (config.model_type 'qwen3')" in text
-    assert "model.layers.0.self_attn (Qwen3Attention): rotary_query, rotary_key, scores, softmax, context" in text
+    assert ("model.layers.0.self_attn (Qwen3Attention): rotary_query, rotary_key, attention (scores, softmax, "
+            "context)") in text
     for line in ("model.layers.0.self_attn.rotary_query", "model.layers.0.self_attn.q_norm", "model.layers.0.mlp.gate",
-                 "model.layers.0.residual_attention", "model.layers.0.self_attn.softmax"):
+                 "model.layers.0.residual_attention", "model.layers.0.self_attn.attention.softmax",
+                 "model.layers.0.self_attn.attention "):
         assert line in text
     assert "never called" not in text and "UNMAPPED" not in text
 

@@ -5,12 +5,13 @@ imports nothing of it. Each forward computes what the class's own forward comput
 arithmetic where it matters, and with these operations as calls of children that the canonizer adds
 for the duration:
 
-* attention: ``scores`` (:class:`zplug.layers.MatMul` with the scale), ``softmax``
-  (``torch.nn.Softmax``, in float32 where Hugging Face upcasts) and ``context`` (``MatMul`` whose
-  value operand is ``v``); the rotary embedding of queries and keys as :class:`~zplug_transformers.layers.Rotate`
-  calls (``rotary_query``, ``rotary_key``). Masks are added or filled as constants, which passes no
-  relevance to masked positions. Both of Hugging Face's ``eager`` and ``sdpa`` attention are
-  reproduced (weights returned by ``eager`` only);
+* attention: one :class:`~zplug_transformers.layers.Attention` child (``attention``) with ``scores``
+  (:class:`zplug.layers.MatMul` with the scale), ``softmax`` (``torch.nn.Softmax``, in float32 where
+  Hugging Face upcasts) and ``context`` (``MatMul`` whose value operand is ``v``); the rotary
+  embedding of queries and keys as :class:`~zplug_transformers.layers.Rotate` calls (``rotary_query``,
+  ``rotary_key``). Masks are added or filled as constants, which passes no relevance to masked
+  positions. Both of Hugging Face's ``eager`` and ``sdpa`` attention are reproduced (weights
+  returned by ``eager`` only);
 * residual additions through ``zplug.layers.Sum`` (``residual_attention``, ``residual_mlp``);
 * gated MLPs ``down(act(gate(x)) * up(x))`` with the product as ``zplug.layers.Mul`` (``gate``, value ``up``);
 * RMSNorm through ``torch.nn.functional.rms_norm`` in float32, so that ``frozen_scale`` can hold its scale.
@@ -29,86 +30,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from zplug.canonizers import CanonizerError, Rewrite
-from zplug.layers import MatMul, Mul, Sum
-from zplug_transformers.layers import Rotate
+from zplug.layers import Mul, Sum
+from zplug_transformers.layers import Attention, Rotate, attend
 
 #: Hugging Face attention implementations that the rewrites reproduce.
 IMPLEMENTATIONS = ("eager", "sdpa")
 
 
 # -- attention -------------------------------------------------------------------------------------
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Grouped-query attention: repeat each key/value head ``groups`` times (copies: relevance adds up)."""
-    if groups == 1:
-        return x
-    batch, heads, length, size = x.shape
-    return x[:, :, None].expand(batch, heads, groups, length, size).reshape(batch, heads * groups, length, size)
-
-
-def attend(
-    module: torch.nn.Module,
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    *,
-    blocked: torch.Tensor | None = None,
-    additive: torch.Tensor | None = None,
-    upcast: bool = False,
-    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    zero_blocked_rows: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``softmax(scores + mask) @ v`` through ``module.scores``, ``module.softmax`` and ``module.context``.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        The attention module, with the children ``scores`` (``MatMul`` holding the scale), ``softmax``
-        and ``context``, and optionally ``num_key_value_groups`` (grouped-query attention).
-    q, k, v : torch.Tensor
-        Shaped ``(batch, heads, length, head size)``.
-    blocked : bool tensor or None
-        True where a query may not attend to a key: the score becomes the dtype's smallest number.
-    additive : float tensor or None
-        Added to the scores after ``blocked`` (Hugging Face's 4-d masks; a constant of the input).
-    upcast : bool
-        Compute the softmax in float32 and cast back (Llama, Qwen, Gemma). Half-precision inputs are
-        computed in float32 throughout (products, masks, softmax) and the results cast back.
-    dropout : callable or None
-        Applied to the attention weights (Hugging Face's dropout; the identity in evaluation mode).
-    zero_blocked_rows : bool
-        Give queries that may attend to nothing zero weights (``scaled_dot_product_attention``'s
-        convention) instead of uniform ones.
-
-    Returns
-    -------
-    tuple of torch.Tensor
-        The context ``(batch, heads, length, head size)`` and the attention weights.
-    """
-    dtype = q.dtype
-    if dtype in (torch.float16, torch.bfloat16):
-        # As scaled_dot_product_attention does on CPUs: products, masks and softmax in float32 (exact masks, and
-        # the rules on them are computed in float32 too); the casts are linear and keep relevance as it is.
-        q, k, v = q.float(), k.float(), v.float()
-        additive = None if additive is None else additive.float()
-    groups = getattr(module, "num_key_value_groups", 1)
-    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-    scores = module.scores(q, k.transpose(-2, -1))
-    # Masks in place: one (heads x length x length) tensor per layer fewer is kept for the backward pass. The
-    # rule on ``scores`` sees that its output changed and recomputes it, where relevance arrives there at all.
-    if blocked is not None:
-        scores = scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
-    if additive is not None:
-        scores = scores.add_(additive[:, :, :, : k.shape[-2]])
-    weights = module.softmax(scores.float()).to(q.dtype) if upcast else module.softmax(scores)  # q: float32 or 64
-    if zero_blocked_rows and blocked is not None:
-        empty = blocked.all(dim=-1, keepdim=True)
-        if bool(empty.any()):
-            weights = weights.masked_fill(empty, 0.0)
-    if dropout is not None:
-        weights = dropout(weights)
-    return module.context(weights, v).to(dtype), weights.to(dtype)
-
-
 def _sdpa_masks(
     mask: torch.Tensor | None, q: torch.Tensor, k: torch.Tensor, is_causal: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -140,8 +69,8 @@ def _dropout(module: torch.nn.Module, p: float) -> Callable[[torch.Tensor], torc
     return lambda x: F.dropout(x, p=p, training=module.training)
 
 
-def _attention_children(scale: float | None) -> dict[str, torch.nn.Module]:
-    return {"scores": MatMul(scale=scale), "softmax": torch.nn.Softmax(dim=-1), "context": MatMul(value=1)}
+def _attention_children(scale: float | None, groups: int = 1) -> dict[str, torch.nn.Module]:
+    return {"attention": Attention(scale=scale, groups=groups)}
 
 
 def _rotary_attention_forward(
@@ -167,11 +96,11 @@ def _rotary_attention_forward(
     k = self.rotary_key(k.transpose(1, 2), cos.unsqueeze(1), sin.unsqueeze(1))
     p = self.attention_dropout if self.training else 0.0
     if self.config._attn_implementation == "eager":
-        out, weights = attend(self, q, k, v, additive=attention_mask, upcast=True, dropout=_dropout(self, p))
+        out, weights = self.attention(q, k, v, additive=attention_mask, upcast=True, dropout=_dropout(self, p))
     else:
         is_causal = q.shape[2] > 1 and attention_mask is None and getattr(self, "is_causal", True)
         blocked, additive = _sdpa_masks(attention_mask, q, k, is_causal)
-        out, _ = attend(self, q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
+        out, _ = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
                         zero_blocked_rows=True)
         weights = None
     out = out.transpose(1, 2).contiguous().reshape(*input_shape, -1).contiguous()
@@ -184,9 +113,10 @@ def _rotary_attention(name: str, module: torch.nn.Module) -> Rewrite:
             f"'{name}' ({type(module).__name__}) caps its attention logits with tanh (attn_logit_softcapping), "
             "which the rewrite does not reproduce; set config.attn_logit_softcapping = None"
         )
-    children = {**_attention_children(module.scaling), "rotary_query": Rotate(), "rotary_key": Rotate()}
+    groups = getattr(module, "num_key_value_groups", 1)
+    children = {**_attention_children(module.scaling, groups), "rotary_query": Rotate(), "rotary_key": Rotate()}
     return Rewrite(name=name, module=module, forward=_bind(_rotary_attention_forward, module), children=children,
-                   what="rotary_query, rotary_key, scores, softmax, context as modules")
+                   what="rotary_query, rotary_key, attention (scores, softmax, context) as modules")
 
 
 def _gpt2_attention_forward(
@@ -213,17 +143,17 @@ def _gpt2_attention_forward(
         scale = 1.0 / math.sqrt(v.size(-1)) if self.scale_attn_weights else 1.0
         if self.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
-        self.scores.scale = scale
+        self.attention.scores.scale = scale
         length, source = q.size(-2), k.size(-2)
         blocked = ~self.bias[:, :, source - length : source, :source]
-        out, weights = attend(self, q, k, v, blocked=blocked, additive=attention_mask, dropout=self.attn_dropout)
+        out, weights = self.attention(q, k, v, blocked=blocked, additive=attention_mask, dropout=self.attn_dropout)
         weights = weights.type(v.dtype)
     else:
-        self.scores.scale = 1.0 / math.sqrt(q.size(-1))  # Hugging Face's sdpa path passes no scale
+        self.attention.scores.scale = 1.0 / math.sqrt(q.size(-1))  # Hugging Face's sdpa path passes no scale
         is_causal = attention_mask is None and q.shape[-2] > 1
         blocked, additive = _sdpa_masks(attention_mask, q, k, is_causal)
         p = self.attn_dropout.p if self.training else 0.0
-        out, _ = attend(self, q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
+        out, _ = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
                         zero_blocked_rows=True)
         weights = None
     out = out.transpose(1, 2)
@@ -237,7 +167,7 @@ def _gpt2_attention(name: str, module: torch.nn.Module) -> Rewrite:
             f"gpt2: '{name}' uses cross-attention or reorder_and_upcast_attn, which the rewrite does not reproduce"
         )
     return Rewrite(name=name, module=module, forward=_bind(_gpt2_attention_forward, module),
-                   children=_attention_children(None), what="scores, softmax, context as modules")
+                   children=_attention_children(None), what="attention (scores, softmax, context) as modules")
 
 
 def _bert_attention_forward(
@@ -256,12 +186,12 @@ def _bert_attention_forward(
     q, k, v = (self.transpose_for_scores(layer(hidden_states)) for layer in (self.query, self.key, self.value))
     eager = not hasattr(self, "dropout_prob") or output_attentions
     if eager:
-        out, weights = attend(self, q, k, v, additive=attention_mask, dropout=self.dropout)
+        out, weights = self.attention(q, k, v, additive=attention_mask, dropout=self.dropout)
     else:
         is_causal = self.is_decoder and attention_mask is None and q.shape[2] > 1
         blocked, additive = _sdpa_masks(attention_mask, q, k, is_causal)
         p = self.dropout_prob if self.training else 0.0
-        out, weights = attend(self, q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
+        out, weights = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
                               zero_blocked_rows=True)
     out = out.permute(0, 2, 1, 3).contiguous()
     out = out.view(*out.shape[:-2], self.all_head_size)
@@ -277,7 +207,7 @@ def _bert_attention(name: str, module: torch.nn.Module) -> Rewrite:
         )
     children = _attention_children(1.0 / math.sqrt(module.attention_head_size))
     return Rewrite(name=name, module=module, forward=_bind(_bert_attention_forward, module), children=children,
-                   what="scores, softmax, context as modules")
+                   what="attention (scores, softmax, context) as modules")
 
 
 # -- residual blocks -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The plugin's own module: the rotary position embedding as one call that a rule can sit on.
+"""The plugin's own modules: the rotary position embedding and the attention core as calls rules can sit on.
 
 Llama, Qwen and Gemma rotate each query and key vector by angles that depend on its position only:
 ``x * cos + rotate_half(x) * sin``. The angles are constants of the input (they come from the
@@ -10,7 +10,11 @@ carries relevance, ``x * J^T (R / stab(y))``, which is LRP-epsilon on the linear
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+from zplug.layers import MatMul
 
 
 class Rotate(torch.nn.Module):
@@ -28,4 +32,111 @@ class Rotate(torch.nn.Module):
         return (x * cos) + (rotated * sin)
 
 
-__all__ = ("Rotate",)
+class Attention(torch.nn.Module):
+    """``softmax(scale q k^T + masks) v`` as Hugging Face's attention computes it, through three children.
+
+    ``scores`` (:class:`zplug.layers.MatMul` holding the scale), ``softmax`` and ``context``
+    (``MatMul`` whose value operand is ``v``) are where the rules sit; the module as a whole is an
+    ``attention`` layer, on which ``recompute`` keeps only ``q``, ``k`` and ``v`` for the backward pass.
+    The call's arguments are those of :func:`attend`; it returns the context and the weights.
+
+    Parameters
+    ----------
+    scale : float or None
+        The scores' scale (``None``: set per call, as GPT-2 does).
+    groups : int
+        Query heads per key/value head (grouped-query attention).
+    """
+
+    def __init__(self, scale: float | None = None, groups: int = 1) -> None:
+        super().__init__()
+        self.scores = MatMul(scale=scale)
+        self.softmax = torch.nn.Softmax(dim=-1)
+        self.context = MatMul(value=1)
+        self.num_key_value_groups = groups
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the context and the attention weights (see :func:`attend` for ``options``)."""
+        return attend(self, q, k, v, **options)
+
+    def extra_repr(self) -> str:
+        """Show the key/value groups."""
+        return f"groups={self.num_key_value_groups}"
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Grouped-query attention: repeat each key/value head ``groups`` times (copies: relevance adds up)."""
+    if groups == 1:
+        return x
+    batch, heads, length, size = x.shape
+    return x[:, :, None].expand(batch, heads, groups, length, size).reshape(batch, heads * groups, length, size)
+
+
+def attend(
+    module: torch.nn.Module,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    blocked: torch.Tensor | None = None,
+    additive: torch.Tensor | None = None,
+    upcast: bool = False,
+    dropout: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    zero_blocked_rows: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(scores + mask) @ v`` through ``module.scores``, ``module.softmax`` and ``module.context``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The :class:`Attention` module (children ``scores``, ``softmax``, ``context``; attribute
+        ``num_key_value_groups`` for grouped-query attention).
+    q, k, v : torch.Tensor
+        Shaped ``(batch, heads, length, head size)``.
+    blocked : bool tensor or None
+        True where a query may not attend to a key: the score becomes the dtype's smallest number.
+    additive : float tensor or None
+        Added to the scores after ``blocked`` (Hugging Face's 4-d masks; a constant of the input).
+    upcast : bool
+        Compute the softmax in float32 and cast back (Llama, Qwen, Gemma). Half-precision inputs are
+        computed in float32 throughout (products, masks, softmax) and the results cast back.
+    dropout : callable or None
+        Applied to the attention weights (Hugging Face's dropout; the identity in evaluation mode).
+    zero_blocked_rows : bool
+        Give queries that may attend to nothing zero weights (``scaled_dot_product_attention``'s
+        convention) instead of uniform ones.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The context ``(batch, heads, length, head size)`` and the attention weights.
+    """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # As scaled_dot_product_attention does on CPUs: products, masks and softmax in float32 (exact masks, and
+        # the rules on them are computed in float32 too); the casts are linear and keep relevance as it is.
+        q, k, v = q.float(), k.float(), v.float()
+        additive = None if additive is None else additive.float()
+    groups = getattr(module, "num_key_value_groups", 1)
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    scores = module.scores(q, k.transpose(-2, -1))
+    # Masks in place: one (heads x length x length) tensor per layer fewer is kept for the backward pass. The
+    # rule on ``scores`` sees that its output changed and recomputes it, where relevance arrives there at all.
+    if blocked is not None:
+        scores = scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
+    if additive is not None:
+        scores = scores.add_(additive[:, :, :, : k.shape[-2]])
+    weights = module.softmax(scores.float()).to(q.dtype) if upcast else module.softmax(scores)  # q: float32 or 64
+    if zero_blocked_rows and blocked is not None:
+        empty = blocked.all(dim=-1, keepdim=True)
+        if bool(empty.any()):
+            weights = weights.masked_fill(empty, 0.0)
+    if dropout is not None:
+        weights = dropout(weights)
+    return module.context(weights, v).to(dtype), weights.to(dtype)
+
+
+
+__all__ = ("Attention", "Rotate", "attend")

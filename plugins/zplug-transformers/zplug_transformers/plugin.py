@@ -33,6 +33,7 @@ RMS_NORMS = (
 #: GPT-2's ``Conv1D`` is ``x @ W + b``: a linear layer with its weight transposed.
 CONV1D = "transformers.pytorch_utils.Conv1D"
 ROTATE = "zplug_transformers.layers.Rotate"
+ATTENTION = "zplug_transformers.layers.Attention"
 
 
 def model_type(model: Any) -> str | None:
@@ -53,7 +54,8 @@ def zplug_register_layer_types():
     """Conv1D as a linear layer, RMSNorms as normalisation, Hugging Face's activations, the rotary embedding.
 
     The rotary embedding (:class:`~zplug_transformers.layers.Rotate`) is a product with constants, so
-    it joins ``gate``: the ``product`` rule hands its only carrying operand LRP-epsilon's share.
+    it joins ``gate``: the ``product`` rule hands its only carrying operand LRP-epsilon's share. The
+    attention core (:class:`~zplug_transformers.layers.Attention`) is an ``attention`` layer.
     """
     return {
         "linear": (CONV1D,),
@@ -62,6 +64,7 @@ def zplug_register_layer_types():
         "activation": ACTIVATIONS,
         "nonlinearity": ACTIVATIONS,
         "gate": (ROTATE,),
+        "attention": (ATTENTION,),
     }
 
 
