@@ -15,6 +15,7 @@ import torch
 import transformers
 from zplug_transformers import explain_tokens
 from zplug_transformers.canonizers import MODEL_TYPES
+from zplug_transformers.layers import Attention
 from zplug_transformers.testing import FAMILIES, IMPLEMENTATIONS, tiny, token_ids
 
 import zplug
@@ -153,3 +154,25 @@ def test_gpt2_conv1d_views_compute_what_conv1d_computes_and_change_no_relevance(
     again = explain_tokens(model, ids, with_views.target, preset="attnlrp", canonizers=["gpt2"])
     torch.testing.assert_close(with_views.relevance, without.relevance, rtol=1e-6, atol=0)
     torch.testing.assert_close(without.relevance, again.relevance, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_attention_keeps_no_scores_for_the_backward_pass(family, implementation):
+    """``recompute`` on each layer's attention: no (batch, heads, length, length) tensor is kept per layer."""
+    model = tiny(family, implementation)
+    ids = token_ids(batch=1, length=9)
+    mapping = zplug.resolve(model, "attnlrp")
+    cores = [m for m in mapping if m.module_class is Attention]
+    assert len(cores) == 2 and {m.rule_name for m in cores} == {"recompute"}
+    shapes = []
+
+    def pack(t):
+        if torch._C._current_graph_task_id() == -1:  # kept by the forward pass (not the transient recomputation)
+            shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        explanation = explain_tokens(model, ids, preset="attnlrp")
+    assert explanation.relevance.abs().sum() > 0
+    assert (1, 4, 9, 9) not in shapes

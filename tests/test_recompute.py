@@ -1,0 +1,119 @@
+"""The ``recompute`` rule: the inner rules' relevance, with only the module's inputs kept for the backward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zplug
+from zplug.layers import ScaledDotProductAttention
+from zplug.rules import Epsilon, FrozenScale, Norm, Product, Recompute, Softmax
+
+DT = torch.float64
+HEADS, LENGTH, SIZE = 2, 7, 3  # length differs from every other size: a (length x length) tensor is recognisable
+
+
+class Block(torch.nn.Module):
+    """Projections, attention as one module (scores, bias, softmax, context), output projection, LayerNorm."""
+
+    def __init__(self, causal: bool) -> None:
+        super().__init__()
+        width = HEADS * SIZE
+        self.q, self.k, self.v, self.out = (torch.nn.Linear(width, width) for _ in range(4))
+        self.attention = ScaledDotProductAttention()
+        self.norm = torch.nn.LayerNorm(width)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def heads(t):
+            return t.reshape(t.shape[0], LENGTH, HEADS, SIZE).transpose(1, 2)
+
+        bias = torch.linspace(-1, 1, LENGTH * LENGTH, dtype=x.dtype).reshape(LENGTH, LENGTH)
+        context = self.attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), bias, is_causal=self.causal)
+        return self.norm(self.out(context.transpose(1, 2).reshape(x.shape)))
+
+
+def _rules(to: str, recompute: bool) -> dict:
+    rules = {name: Epsilon(epsilon=1e-9) for name in ("q", "k", "v", "out")}
+    rules.update({
+        "norm": FrozenScale(epsilon=1e-9), "attention.scores": Product(to=to, epsilon=1e-9),
+        "attention.bias": Norm(stabilizer=1e-9), "attention.softmax": Softmax(),
+        "attention.context": Product(to=to, epsilon=1e-9),
+    })  # fmt: skip
+    if recompute:
+        rules["attention"] = Recompute()
+    return rules
+
+
+def _model(causal: bool) -> Block:
+    torch.manual_seed(0)
+    return Block(causal).to(DT).eval()
+
+
+def _saved_shapes(model, x, rules) -> list[tuple[int, ...]]:
+    """The shapes of every tensor the forward pass keeps for the backward pass under ``rules``."""
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with zplug.attach_rules(model, rules), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x.requires_grad_())
+    return shapes
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("to", ["all", "value"])
+def test_recompute_gives_exactly_the_relevance_of_the_inner_rules(causal, to):
+    model = _model(causal)
+    x = torch.randn(2, LENGTH, HEADS * SIZE, dtype=DT)
+    plain = zplug.explain(model, x, lambda out: out, mapping=_rules(to, recompute=False))
+    recomputed = zplug.explain(model, x, lambda out: out, mapping=_rules(to, recompute=True))
+    assert torch.equal(recomputed.output, plain.output)
+    assert torch.equal(recomputed.relevance, plain.relevance)
+    assert float(plain.relevance.abs().sum()) > 0
+
+
+def test_recompute_keeps_no_length_by_length_tensor():
+    model = _model(causal=True)
+    x = torch.randn(2, LENGTH, HEADS * SIZE, dtype=DT)
+    square = (2, HEADS, LENGTH, LENGTH)
+    assert square in _saved_shapes(model, x, _rules("all", recompute=False))  # scores and weights are kept
+    kept = _saved_shapes(model, x, _rules("all", recompute=True))
+    assert square not in kept
+    assert kept.count((2, HEADS, LENGTH, SIZE)) == 3  # q, k and v
+
+
+def test_the_ledger_sees_the_rules_inside_a_recomputed_module():
+    model = _model(causal=False)
+    x = torch.randn(2, LENGTH, HEADS * SIZE, dtype=DT)
+    plain = zplug.explain(model, x, lambda out: out, mapping=_rules("all", recompute=False), ledger=True)
+    recomputed = zplug.explain(model, x, lambda out: out, mapping=_rules("all", recompute=True), ledger=True)
+    names = [entry.name for entry in recomputed.ledger.entries]
+    assert "attention.softmax" in names and "attention.scores" in names and "attention" not in names
+    assert names == [entry.name for entry in plain.ledger.entries]
+    assert recomputed.ledger.absorbed == pytest.approx(plain.ledger.absorbed, rel=1e-12)
+    assert torch.equal(recomputed.relevance, plain.relevance)
+
+
+def test_an_error_inside_a_recomputed_module_names_the_inner_layer_and_restores_the_model():
+    model = _model(causal=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, LENGTH, HEADS * SIZE, dtype=DT)
+    rules = _rules("all", recompute=True)
+    rules["attention.softmax"] = FrozenScale()  # a softmax has no normalising scale to hold constant
+    with pytest.raises(zplug.errors.RelevanceError, match="rule 'frozen_scale' on layer 'attention.softmax'"):
+        zplug.explain(model, x, lambda out: out, mapping=rules)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_attnlrp_and_cp_lrp_give_attention_recompute():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.TransformerEncoderLayer(6, 2, 12, dropout=0.0, batch_first=True)).eval()
+    for preset in ("attnlrp", "cp_lrp"):
+        mapping = zplug.resolve(model, preset)
+        assert mapping["0.self_attn.attention"].rule_name == "recompute"
+        assert mapping["0.self_attn.attention.softmax"].rule_name == "softmax"
+        assert not mapping.coverage.uncovered
