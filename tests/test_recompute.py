@@ -117,3 +117,23 @@ def test_attnlrp_and_cp_lrp_give_attention_recompute():
         assert mapping["0.self_attn.attention"].rule_name == "recompute"
         assert mapping["0.self_attn.attention.softmax"].rule_name == "softmax"
         assert not mapping.coverage.uncovered
+
+
+def test_relevance_through_a_recomputed_module_is_differentiable_with_create_graph():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Softplus(), torch.nn.Linear(5, 3))
+    ).double()
+    inner = {"0.0": Epsilon(epsilon=0.1), "0.2": Epsilon(epsilon=0.1)}
+    relevance_out = torch.randn((2, 3), dtype=DT, requires_grad=True)
+
+    def relevance(x, relevance_out, recompute=True):
+        rules = {**inner, "0": Recompute()} if recompute else inner
+        with zplug.attach_rules(model, rules):
+            (rel,) = torch.autograd.grad(model(x), x, relevance_out, create_graph=True)
+        return rel
+
+    x = torch.randn((2, 4), dtype=DT, requires_grad=True)
+    torch.testing.assert_close(relevance(x, relevance_out), relevance(x, relevance_out, recompute=False),
+                               rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(relevance, (x, relevance_out), eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -45,8 +45,11 @@ class Recompute(Rule):
         create_graph = torch.is_grad_enabled()
         wanted = [i for i, x in enumerate(call.inputs) if x.requires_grad]
         with torch.enable_grad(), _ops.rules_applying():
+            # Under create_graph the inputs themselves are the leaves, so the relevance stays differentiable
+            # with respect to what lies below the module; otherwise fresh leaves keep the graph local.
             leaves = tuple(
-                x.detach().requires_grad_() if i in wanted else x.detach() for i, x in enumerate(call.inputs)
+                (x if create_graph else x.detach().requires_grad_()) if i in wanted else x.detach()
+                for i, x in enumerate(call.inputs)
             )
             args, kwargs = call.rebuild(leaves)
             output = call.binding.original_forward(*args, **kwargs)
