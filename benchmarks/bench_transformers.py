@@ -267,16 +267,28 @@ READING = (
     "gradient there. zplug applies each layer's rule to the relevance itself, with Zennit's numbers for "
     "any epsilon: every dense layer and residual sum divides the relevance by its stabilised stored output "
     "(sign, add, divide, and a sum that proves no denominator was zero) and multiplies by its input, about "
-    "five element-wise passes the gradient does not make, and the attention scores and softmax output are "
-    "materialised and kept for the rules, where torch's fused attention (gradient and LXT) keeps neither. "
-    "What zplug saves instead: no rule runs where no relevance arrives (CP-LRP's query and key projections "
-    "and scores), LayerNorm's rule is a closed form without a re-run, and the compiled rewrites are kept "
-    "between applications. The remaining gap to LXT would close only if relevance travelled between layers "
-    "as a gradient (input ⊙ g), which the engine's contract (rules and the ledger see relevance) does not "
-    "do. Before these savings (the same script on the code before, vit_b_16 at batch 1, same session) zplug "
-    "took 1.26× (attnlrp) and 1.30× (cp_lrp) LXT's CPU time. The machine is a shared 2-core VM with other "
-    "jobs running: wall times include waiting for a core and vary by ±20 % between runs, so single ratios "
-    "near a threshold can flip; CPU times are steadier.",
+    "five element-wise passes the gradient does not make. What zplug saves instead: no rule runs where no "
+    "relevance arrives (CP-LRP's query and key projections and scores), LayerNorm's rule is a closed form "
+    "without a re-run, and the compiled rewrites are kept between applications. Before these savings (the "
+    "same script on older code, vit_b_16 at batch 1) zplug took 1.26× (attnlrp) and 1.30× (cp_lrp) LXT's CPU "
+    "time.",
+    "",
+    "Memory: each layer's attention is one module with the `recompute` rule, so the scores and weights the "
+    "AttnLRP rules need are not kept for the backward pass but computed again there, one layer at a time "
+    "(without it, attnlrp kept two heads × 197 × 197 tensors per layer, about 360 MB more at batch 8; the "
+    "extra attention forward costs 4-9 % of the time at batch 1). What zplug still keeps beyond LXT is what "
+    "the residual sums' rule needs: the branch output of every residual sum (the attention and MLP outputs, "
+    "two batch × 197 × 768 tensors per layer, 111 MB at batch 8), where the gradient of a sum needs nothing. "
+    "The memory column is the peak of live tensors (every allocation of 64 KiB or more mapped on its own, see "
+    "the script); with glibc's default allocator the same call's resident peak moved by up to 150 MB between "
+    "processes, which had put LXT above zplug in earlier runs. Both remaining gaps would close if relevance "
+    "travelled between layers as a gradient (input ⊙ g): dense layers and sums would then cost no passes and "
+    "keep no outputs, which the engine's contract (rules and the ledger see relevance) does not do.",
+    "",
+    "Agreement: at batch 8 the largest difference is in one image of the eight (the others below 2e-6), the "
+    "same with and without `recompute`. The machine is a shared 2-core VM with other jobs running: wall times "
+    "include waiting for a core and vary by ±20 % between runs, so single ratios near a threshold can flip; "
+    "CPU times are steadier.",
 )
 
 
