@@ -137,3 +137,28 @@ def test_relevance_through_a_recomputed_module_is_differentiable_with_create_gra
     torch.testing.assert_close(relevance(x, relevance_out), relevance(x, relevance_out, recompute=False),
                                rtol=1e-12, atol=1e-14)
     assert torch.autograd.gradcheck(relevance, (x, relevance_out), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+def test_a_recomputed_forward_draws_the_same_dropout_masks():
+    class Dropped(Block):
+        def forward(self, x):
+            def heads(t):
+                return t.reshape(t.shape[0], LENGTH, HEADS, SIZE).transpose(1, 2)
+
+            context = self.attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), dropout_p=0.5)
+            return self.out(context.transpose(1, 2).reshape(x.shape))
+
+    torch.manual_seed(0)
+    model = Dropped(causal=False).to(DT).train()
+    x = torch.randn(2, LENGTH, HEADS * SIZE, dtype=DT)
+    rules = {k: v for k, v in _rules("all", recompute=False).items() if k not in ("norm", "attention.bias")}
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(1)
+        mapping = {**rules, "attention": Recompute()} if recompute else rules
+        results.append(zplug.explain(model, x, lambda out: out, mapping=mapping))
+        results.append(torch.rand(1))  # the generator is where the forward pass left it
+    plain, after_plain, recomputed, after_recomputed = results
+    assert torch.equal(recomputed.output, plain.output)
+    assert torch.equal(recomputed.relevance, plain.relevance)
+    assert torch.equal(after_recomputed, after_plain)

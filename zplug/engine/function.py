@@ -156,6 +156,8 @@ class LayerCall:
 class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, binding: Binding, spec: _ArgSpec, *tensors: torch.Tensor):
+        # A recomputed forward in training mode must draw the same random numbers (dropout) again.
+        rng_state = random_state(tensors) if binding.recomputes and binding.module.training else None
         args, kwargs = spec.rebuild(tensors)
         output = binding.original_forward(*args, **kwargs)
         outs = output if isinstance(output, tuple) else (output,)
@@ -181,6 +183,7 @@ class _RuleFunction(torch.autograd.Function):
         # Outputs are kept detached (no reference cycle); their version tells if they were changed in place.
         # A rule that recomputes the forward keeps none (they would be recomputed if asked for).
         ctx.outputs = tuple((None if binding.rule.recomputes else o.detach(), o._version) for o in outs)
+        ctx.rng_state = rng_state
         return output
 
     @staticmethod
@@ -221,6 +224,12 @@ class _RuleFunction(torch.autograd.Function):
         for observer in binding.observers:
             observer(binding, call, grad_outputs, relevance)
         return (None, None, *relevance)
+
+
+def random_state(tensors: tuple[torch.Tensor, ...]) -> tuple:
+    """The random number generators' states that a forward on ``tensors`` draws from (CPU, and their GPUs)."""
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    return torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d)) for d in devices)
 
 
 def _zeros_for(ctx: Any, index: int) -> torch.Tensor:
@@ -342,4 +351,4 @@ class Binding:
         return f"<Binding {self.name!r}: {self.rule!r}>"
 
 
-__all__ = ("Binding", "LayerCall", "Observer", "binding_of")
+__all__ = ("Binding", "LayerCall", "Observer", "binding_of", "random_state")

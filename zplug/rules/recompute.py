@@ -11,6 +11,8 @@ time. The relevance is the same as without the rule; only memory and time change
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import attrs
@@ -44,7 +46,7 @@ class Recompute(Rule):
         """Return the relevance of each input: the inner rules' relevance on a recomputed forward."""
         create_graph = torch.is_grad_enabled()
         wanted = [i for i, x in enumerate(call.inputs) if x.requires_grad]
-        with torch.enable_grad(), _ops.rules_applying():
+        with torch.enable_grad(), _ops.rules_applying(), _same_random_numbers(call.key.rng_state):
             # Under create_graph the inputs themselves are the leaves, so the relevance stays differentiable
             # with respect to what lies below the module; otherwise fresh leaves keep the graph local.
             leaves = tuple(
@@ -67,6 +69,20 @@ class Recompute(Rule):
             for i, grad in zip(wanted, grads):
                 relevance[i] = grad
         return tuple(relevance)
+
+
+@contextmanager
+def _same_random_numbers(state: tuple | None) -> Iterator[None]:
+    """Replay the random number generators from ``state`` (the forward pass's), restoring them afterwards."""
+    if state is None:
+        yield
+        return
+    cpu, gpus = state
+    with torch.random.fork_rng(devices=[d for d, _ in gpus]):
+        torch.set_rng_state(cpu)
+        for device, gpu in gpus:
+            torch.cuda.set_rng_state(gpu, device)
+        yield
 
 
 __all__ = ("Recompute",)
