@@ -162,3 +162,48 @@ def test_a_recomputed_forward_draws_the_same_dropout_masks():
     assert torch.equal(recomputed.output, plain.output)
     assert torch.equal(recomputed.relevance, plain.relevance)
     assert torch.equal(after_recomputed, after_plain)
+
+
+class Learned(Block):
+    """A learned relative-position bias (a parameter that broadcasts over the batch) and a per-sample mask."""
+
+    def __init__(self, per_sample_mask: bool) -> None:
+        super().__init__(causal=False)
+        self.per_sample_mask = per_sample_mask
+        self.position = torch.nn.Parameter(torch.linspace(-1, 1, LENGTH * LENGTH).reshape(LENGTH, LENGTH))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def heads(t):
+            return t.reshape(t.shape[0], LENGTH, HEADS, SIZE).transpose(1, 2)
+
+        mask = self.position  # (length, length): broadcast over the batch, its relevance summed over the groups
+        if self.per_sample_mask:
+            keep = torch.ones(x.shape[0], 1, LENGTH, LENGTH, dtype=torch.bool)
+            keep[1:, :, :, -2:] = False  # every sample but the first ignores the last two keys
+            mask = torch.zeros(keep.shape, dtype=x.dtype).masked_fill(~keep, float("-inf")) + self.position
+        context = self.attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), mask)
+        return self.norm(self.out(context.transpose(1, 2).reshape(x.shape)))
+
+
+@pytest.mark.parametrize("samples", [1, 2, 5])
+@pytest.mark.parametrize("per_sample_mask", [False, True])
+def test_recomputing_in_groups_of_samples_gives_the_same_relevance(samples, per_sample_mask):
+    torch.manual_seed(0)
+    model = Learned(per_sample_mask).to(DT).eval()
+    x = torch.randn(5, LENGTH, HEADS * SIZE, dtype=DT, requires_grad=True)
+    relevance_out = torch.randn(5, LENGTH, HEADS * SIZE, dtype=DT)
+
+    def relevance(rule):
+        with zplug.attach_rules(model, {**_rules("all", recompute=False), "attention": rule}):
+            return torch.autograd.grad(model(x), (x, model.position), relevance_out)
+
+    whole = relevance(Recompute())
+    grouped = relevance(Recompute(samples=samples))
+    for ours, theirs in zip(grouped, whole):
+        torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-14)
+    assert float(whole[1].abs().sum()) > 0  # the broadcast bias gets relevance from every group
+
+
+def test_samples_must_be_a_non_negative_integer():
+    with pytest.raises(zplug.errors.SpecError, match=r"parameter 'samples' must be an integer >= 0 \(got -1\)"):
+        zplug.rules.rule("recompute", samples=-1)

@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING
 import attrs
 
 from zplug._lazy import lazy_module
-from zplug.rules.base import Rule
+from zplug.rules.base import Rule, parameter
 
 if TYPE_CHECKING:
     import torch
 else:
     torch = lazy_module("torch")
 _ops = lazy_module("zplug.engine.ops")
+
+
+def _non_negative_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        from zplug.errors import SpecError
+
+        raise SpecError(f"parameter '{name}' must be an integer >= 0 (got {value!r})")
 
 
 @attrs.frozen(kw_only=True)
@@ -41,34 +48,95 @@ class Recompute(Rule):
     name = "recompute"
     summary = "the rules inside the module, its forward run again in the backward pass (saves memory)"
     recomputes = True
+    samples: int = parameter(
+        0,
+        doc="samples per recomputation: 0 recomputes the whole batch at once, n > 0 groups of n samples (for "
+        "modules that treat samples independently, such as attention: bounds the memory of the recomputation)",
+        kind="integer >= 0",
+        check=_non_negative_int,
+    )
 
     def backward(self, call, grad_outputs):
         """Return the relevance of each input: the inner rules' relevance on a recomputed forward."""
-        create_graph = torch.is_grad_enabled()
         wanted = [i for i, x in enumerate(call.inputs) if x.requires_grad]
-        with torch.enable_grad(), _ops.rules_applying(), _same_random_numbers(call.key.rng_state):
-            # Under create_graph the inputs themselves are the leaves, so the relevance stays differentiable
-            # with respect to what lies below the module; otherwise fresh leaves keep the graph local.
-            leaves = tuple(
-                (x if create_graph else x.detach().requires_grad_()) if i in wanted else x.detach()
-                for i, x in enumerate(call.inputs)
-            )
-            args, kwargs = call.rebuild(leaves)
-            output = call.binding.original_forward(*args, **kwargs)
-        outputs = output if isinstance(output, (tuple, list)) else (output,)
-        pairs = [
-            (o, g) for o, g in zip(outputs, grad_outputs)
-            if isinstance(o, torch.Tensor) and o.requires_grad and g is not None
-        ]  # fmt: skip
-        relevance: list = [None] * len(leaves)
-        if pairs and wanted:
-            grads = torch.autograd.grad(
-                [o for o, _ in pairs], [leaves[i] for i in wanted], [g for _, g in pairs],
-                allow_unused=True, create_graph=create_graph,
-            )  # fmt: skip
-            for i, grad in zip(wanted, grads):
-                relevance[i] = grad
+        relevance: list = [None] * len(call.inputs)
+        if not wanted:
+            return tuple(relevance)
+        groups = _groups(call, grad_outputs, self.samples)
+        shares: dict[int, list] = {i: [] for i in wanted}
+        with _same_random_numbers(call.key.rng_state):
+            for group, _ in groups:
+                found = _recomputed(call, grad_outputs, wanted, group)
+                for i in wanted:
+                    shares[i].append(found.get(i))
+        split = groups[0][1]
+        for i in wanted:
+            if all(share is None for share in shares[i]):
+                continue
+            x = call.inputs[i]
+            if split[i]:  # one slice of the batch per group
+                relevance[i] = torch.cat([
+                    torch.zeros_like(x[group]) if share is None else share
+                    for (group, _), share in zip(groups, shares[i])
+                ])  # fmt: skip
+            else:  # the whole tensor in every group (broadcast over the batch): its shares add up
+                present = [share for share in shares[i] if share is not None]
+                relevance[i] = present[0] if len(present) == 1 else torch.stack(present).sum(dim=0)
         return tuple(relevance)
+
+
+def _groups(call, grad_outputs, samples: int) -> list[tuple[slice | None, list[bool]]]:
+    """``(samples, split)`` per recomputation: the batch slice (None: all) and which inputs it slices.
+
+    A tensor argument is per sample if it has the outputs' number of dimensions and their batch size;
+    with fewer dimensions, or size 1 there, it broadcasts over the batch and is passed whole. Groups are
+    made only where every output has the same batch size and number of dimensions, and not in training
+    mode (a group would draw other random numbers than the whole batch did).
+    """
+    whole = [(None, [False] * len(call.inputs))]
+    outputs = [g for g in grad_outputs if g is not None]
+    if samples <= 0 or not outputs or call.module.training:
+        return whole
+    batch, ndim = outputs[0].shape[0] if outputs[0].ndim else 0, outputs[0].ndim
+    if batch <= samples or any(g.ndim != ndim or g.shape[0] != batch for g in outputs):
+        return whole
+    split = [x.ndim == ndim and x.shape[0] == batch for x in call.inputs]
+    return [(slice(start, start + samples), split) for start in range(0, batch, samples)]
+
+
+def _recomputed(call, grad_outputs, wanted: list[int], group: slice | None) -> dict[int, torch.Tensor | None]:
+    """The relevance of the wanted inputs from one recomputation of the forward (on ``group`` of the batch)."""
+    create_graph = torch.is_grad_enabled()
+    ndim = next((g.ndim for g in grad_outputs if g is not None), 0)
+    batch = next((g.shape[0] for g in grad_outputs if g is not None), 0)
+
+    def part(value):
+        per_sample = isinstance(value, torch.Tensor) and value.ndim == ndim and ndim and value.shape[0] == batch
+        return value[group] if group is not None and per_sample else value
+
+    with torch.enable_grad(), _ops.rules_applying():
+        # Under create_graph the inputs themselves are the leaves, so the relevance stays differentiable
+        # with respect to what lies below the module; otherwise fresh leaves keep the graph local.
+        leaves = []
+        for i, x in enumerate(call.inputs):
+            x = part(x)
+            leaves.append((x if create_graph else x.detach().requires_grad_()) if i in wanted else x.detach())
+        index = {id(x): i for i, x in enumerate(call.inputs)}
+        args = tuple(leaves[index[id(a)]] if id(a) in index else part(a) for a in call.args)
+        kwargs = {k: leaves[index[id(v)]] if id(v) in index else part(v) for k, v in call.kwargs.items()}
+        output = call.binding.original_forward(*args, **kwargs)
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    pairs = [
+        (o, part(g)) for o, g in zip(outputs, grad_outputs)
+        if isinstance(o, torch.Tensor) and o.requires_grad and g is not None
+    ]  # fmt: skip
+    if not pairs:
+        return {}
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], [leaves[i] for i in wanted], [g for _, g in pairs],
+        allow_unused=True, create_graph=create_graph,
+    )  # fmt: skip
+    return dict(zip(wanted, grads))
 
 
 @contextmanager
