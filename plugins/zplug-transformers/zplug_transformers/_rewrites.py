@@ -65,7 +65,10 @@ def _no_cache(cache: Any, module: torch.nn.Module) -> None:
         )
 
 
-def _dropout(module: torch.nn.Module, p: float) -> Callable[[torch.Tensor], torch.Tensor]:
+def _dropout(module: torch.nn.Module, p: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Hugging Face's dropout of the attention weights; ``None`` where it is the identity."""
+    if p == 0.0 or not module.training:
+        return None
     return lambda x: F.dropout(x, p=p, training=module.training)
 
 
@@ -100,8 +103,8 @@ def _rotary_attention_forward(
     else:
         is_causal = q.shape[2] > 1 and attention_mask is None and getattr(self, "is_causal", True)
         blocked, additive = _sdpa_masks(attention_mask, q, k, is_causal)
-        out, _ = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
-                        zero_blocked_rows=True)
+        out = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
+                             zero_blocked_rows=True, need_weights=False)
         weights = None
     out = out.transpose(1, 2).contiguous().reshape(*input_shape, -1).contiguous()
     return self.o_proj(out), weights
@@ -153,8 +156,8 @@ def _gpt2_attention_forward(
         is_causal = attention_mask is None and q.shape[-2] > 1
         blocked, additive = _sdpa_masks(attention_mask, q, k, is_causal)
         p = self.attn_dropout.p if self.training else 0.0
-        out, _ = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
-                        zero_blocked_rows=True)
+        out = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
+                             zero_blocked_rows=True, need_weights=False)
         weights = None
     out = out.transpose(1, 2)
     out = out.reshape(*out.shape[:-2], -1).contiguous()
@@ -191,8 +194,9 @@ def _bert_attention_forward(
         is_causal = self.is_decoder and attention_mask is None and q.shape[2] > 1
         blocked, additive = _sdpa_masks(attention_mask, q, k, is_causal)
         p = self.dropout_prob if self.training else 0.0
-        out, weights = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
-                              zero_blocked_rows=True)
+        out = self.attention(q, k, v, blocked=blocked, additive=additive, dropout=_dropout(self, p),
+                             zero_blocked_rows=True, need_weights=False)
+        weights = None
     out = out.permute(0, 2, 1, 3).contiguous()
     out = out.view(*out.shape[:-2], self.all_head_size)
     outputs = (out, weights) if eager and output_attentions else (out,)

@@ -56,14 +56,54 @@ class Attention(torch.nn.Module):
         self.num_key_value_groups = groups
 
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **options: object
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the context and the attention weights (see :func:`attend` for ``options``)."""
-        return attend(self, q, k, v, **options)
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, need_weights: bool = True, **options: object
+    ) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+        """Return the context and the attention weights, or the context alone without ``need_weights``.
+
+        ``options`` are those of :func:`attend`. Without the weights, without autograd recording (the
+        forward pass under ``recompute``, which runs the children again in the backward pass), without
+        dropout and in float32 or float64, torch's fused attention computes the context (equal up to
+        round-off; it keeps no ``length x length`` tensor).
+        """
+        if not need_weights and not torch.is_grad_enabled() and _fusable(q, options):
+            return _fused(self, q, k, v, options.get("blocked"), options.get("additive"))
+        out, weights = attend(self, q, k, v, **options)
+        return (out, weights) if need_weights else out
 
     def extra_repr(self) -> str:
         """Show the key/value groups."""
         return f"groups={self.num_key_value_groups}"
+
+
+def _fusable(q: torch.Tensor, options: dict) -> bool:
+    """Whether :func:`_fused` computes what :func:`attend` computes with these options."""
+    return (
+        q.dtype in (torch.float32, torch.float64)
+        and options.get("dropout") is None
+        and (options.get("blocked") is None or bool(options.get("zero_blocked_rows")))
+    )
+
+
+def _fused(
+    module: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    blocked: torch.Tensor | None, additive: torch.Tensor | None,
+) -> torch.Tensor:
+    """The context of :func:`attend` from ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Blocked positions become ``-inf`` (a query with nothing to attend to gets zeros, as ``attend`` gives
+    it with ``zero_blocked_rows``); additive masks are added as they are.
+    """
+    groups = module.num_key_value_groups
+    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    mask = None
+    if additive is not None:
+        mask = additive[:, :, :, : k.shape[-2]]
+        if blocked is not None:
+            mask = mask.masked_fill(blocked, float("-inf"))
+    elif blocked is not None:
+        mask = ~blocked
+    scale = 1.0 if module.scores.scale is None else module.scores.scale
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
