@@ -135,18 +135,7 @@ class ScaledDotProductAttention(torch.nn.Module):
         scale: float | None = None,
         enable_gqa: bool = False,
     ) -> torch.Tensor:
-        """Return the attention output (as the function does).
-
-        Without autograd recording (the forward pass under ``recompute``, which runs the modules inside
-        again in the backward pass) and without dropout, torch's fused kernel computes it (where the
-        function accepts the arguments: not a mask together with ``is_causal``): no rule sees this
-        call's inside, and the kernel keeps no ``length x length`` tensor. Its result can differ from the
-        modules' in the last bits.
-        """
-        if not torch.is_grad_enabled() and dropout_p == 0.0 and not (is_causal and attn_mask is not None):
-            return F.scaled_dot_product_attention(
-                query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa
-            )  # fmt: skip
+        """Return the attention output (as the function does)."""
         return self.attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]
 
     def attend(
