@@ -274,10 +274,14 @@ READING = (
     "time.",
     "",
     "Memory: each layer's attention is one module with the `recompute` rule, so the scores and weights the "
-    "AttnLRP rules need are not kept for the backward pass but computed there, one layer at a time, while the "
-    "forward pass runs torch's fused attention kernel (without it, attnlrp kept two heads × 197 × 197 tensors "
-    "per layer, about 360 MB more at batch 8, and computed attention explicitly in the forward pass too, which "
-    "cost about 10 % more time at batch 1). What zplug still keeps beyond LXT is what "
+    "AttnLRP rules need are not kept for the backward pass but computed again there, one layer at a time "
+    "(without it, attnlrp kept two heads × 197 × 197 tensors per layer, about 360 MB more at batch 8; the "
+    "extra attention forward costs about 4-9 % of the time at batch 1). The forward pass computes attention "
+    "with the same explicit modules as the recomputation: with torch's fused kernel there (as the language "
+    "models' attention does) it was about 10 % faster at batch 1, but its values differ from the recomputed "
+    "ones by round-off, which moved the relevance of some images by up to 1.7e-3 relative (where outputs are "
+    "near zero, the rule above divides by one value and the rule inside by the other). "
+    "What zplug still keeps beyond LXT is what "
     "the residual sums' rule needs: the branch output of every residual sum (the attention and MLP outputs, "
     "two batch × 197 × 768 tensors per layer, 111 MB at batch 8), where the gradient of a sum needs nothing. "
     "The memory column is the peak of live tensors (every allocation of 64 KiB or more mapped on its own, see "
@@ -286,10 +290,8 @@ READING = (
     "travelled between layers as a gradient (input ⊙ g): dense layers and sums would then cost no passes and "
     "keep no outputs, which the engine's contract (rules and the ledger see relevance) does not do.",
     "",
-    "Agreement: at batch 8 the largest difference is in one image of the eight (the others below 1e-5), the "
-    "same with and without `recompute`; the fused forward pass and the explicit recomputation differ by "
-    "round-off, which moves the batch 1 agreement from about 2e-6 to 1e-5. The machine is a shared 2-core VM "
-    "with other jobs running: wall times "
+    "Agreement: at batch 8 the largest difference is in one image of the eight (the others below 2e-6), the "
+    "same with and without `recompute`. The machine is a shared 2-core VM with other jobs running: wall times "
     "include waiting for a core and vary by ±20 % between runs, so single ratios near a threshold can flip; "
     "CPU times are steadier.",
 )
