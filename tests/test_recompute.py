@@ -207,3 +207,31 @@ def test_recomputing_in_groups_of_samples_gives_the_same_relevance(samples, per_
 def test_samples_must_be_a_non_negative_integer():
     with pytest.raises(zplug.errors.SpecError, match=r"parameter 'samples' must be an integer >= 0 \(got -1\)"):
         zplug.rules.rule("recompute", samples=-1)
+
+
+def test_an_output_without_relevance_costs_no_extra_forward():
+    """Zeros for an unused output come from its shape: the module runs once forward and once recomputed."""
+
+    class TwoOutputs(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = torch.nn.Linear(3, 3)
+            self.calls = 0
+
+        def forward(self, x):
+            self.calls += 1
+            y = self.inner(x)
+            return y, y * 2
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(TwoOutputs()).to(DT)
+    x = torch.randn(2, 3, dtype=DT, requires_grad=True)
+    relevance_out = torch.randn(2, 3, dtype=DT)
+    results = []
+    for rules in ({"0.inner": Epsilon()}, {"0.inner": Epsilon(), "0": Recompute()}):
+        model[0].calls = 0
+        with zplug.attach_rules(model, rules):
+            first, _ = model(x)  # the second output gets no relevance
+            results.append(torch.autograd.grad(first, x, relevance_out)[0])
+    assert model[0].calls == 2
+    assert torch.equal(results[1], results[0])

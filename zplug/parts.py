@@ -160,6 +160,12 @@ def positive_int(name: str, value: Any) -> None:
         raise SpecError(f"parameter '{name}' must be an integer >= 1 (got {value!r})")
 
 
+def non_negative_int(name: str, value: Any) -> None:
+    """Accept an integer >= 0."""
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
+        raise SpecError(f"parameter '{name}' must be an integer >= 0 (got {value!r})")
+
+
 def to_names(value: Any) -> Any:
     """Normalise a list of names: ``None`` -> ``()``, ``"bias"`` -> ``("bias",)``, list -> tuple."""
     if value is None:
@@ -286,6 +292,7 @@ __all__ = (
     "number_or_tensor",
     "parameter",
     "parameter_info",
+    "non_negative_int",
     "positive_int",
     "short_value",
     "to_names",

@@ -157,7 +157,7 @@ class _RuleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, binding: Binding, spec: _ArgSpec, *tensors: torch.Tensor):
         # A recomputed forward in training mode must draw the same random numbers (dropout) again.
-        rng_state = random_state(tensors) if binding.recomputes and binding.module.training else None
+        rng_state = _random_state(tensors) if binding.recomputes and binding.module.training else None
         args, kwargs = spec.rebuild(tensors)
         output = binding.original_forward(*args, **kwargs)
         outs = output if isinstance(output, tuple) else (output,)
@@ -181,8 +181,10 @@ class _RuleFunction(torch.autograd.Function):
         ctx.shortcut = binding.passes and len(outs) == 1 and len(tensors) == 1 and outs[0].shape == tensors[0].shape
         ctx.save_for_backward(*tensors)
         # Outputs are kept detached (no reference cycle); their version tells if they were changed in place.
-        # A rule that recomputes the forward keeps none (they would be recomputed if asked for).
-        ctx.outputs = tuple((None if binding.rule.recomputes else o.detach(), o._version) for o in outs)
+        # A rule that recomputes the forward keeps none (they would be recomputed if asked for), only what
+        # zeros standing for an output without relevance need.
+        ctx.outputs = tuple((None if binding.recomputes else o.detach(), o._version) for o in outs)
+        ctx.output_specs = tuple((o.shape, o.dtype, o.device) for o in outs) if binding.recomputes else None
         ctx.rng_state = rng_state
         return output
 
@@ -226,17 +228,18 @@ class _RuleFunction(torch.autograd.Function):
         return (None, None, *relevance)
 
 
-def random_state(tensors: tuple[torch.Tensor, ...]) -> tuple:
+def _random_state(tensors: tuple[torch.Tensor, ...]) -> tuple:
     """The random number generators' states that a forward on ``tensors`` draws from (CPU, and their GPUs)."""
     devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
     return torch.get_rng_state(), tuple((d, torch.cuda.get_rng_state(d)) for d in devices)
 
 
 def _zeros_for(ctx: Any, index: int) -> torch.Tensor:
-    """Zeros shaped like output ``index`` of the call (recomputed where the call kept no outputs)."""
+    """Zeros shaped like output ``index`` of the call (from its shape where the call kept no outputs)."""
     kept = ctx.outputs[index][0]
     if kept is None:
-        kept = LayerCall(ctx, ctx.saved_tensors).outputs[index]
+        shape, dtype, device = ctx.output_specs[index]
+        return torch.zeros(shape, dtype=dtype, device=device)
     return torch.zeros_like(kept)
 
 
@@ -351,4 +354,4 @@ class Binding:
         return f"<Binding {self.name!r}: {self.rule!r}>"
 
 
-__all__ = ("Binding", "LayerCall", "Observer", "binding_of", "random_state")
+__all__ = ("Binding", "LayerCall", "Observer", "binding_of")

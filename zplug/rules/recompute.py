@@ -11,13 +11,14 @@ time. The relevance is the same as without the rule; only memory and time change
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import attrs
 
 from zplug._lazy import lazy_module
+from zplug.parts import non_negative_int
 from zplug.rules.base import Rule, parameter
 
 if TYPE_CHECKING:
@@ -25,13 +26,6 @@ if TYPE_CHECKING:
 else:
     torch = lazy_module("torch")
 _ops = lazy_module("zplug.engine.ops")
-
-
-def _non_negative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        from zplug.errors import SpecError
-
-        raise SpecError(f"parameter '{name}' must be an integer >= 0 (got {value!r})")
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +47,7 @@ class Recompute(Rule):
         doc="samples per recomputation: 0 recomputes the whole batch at once, n > 0 groups of n samples (for "
         "modules that treat samples independently, such as attention: bounds the memory of the recomputation)",
         kind="integer >= 0",
-        check=_non_negative_int,
+        check=non_negative_int,
     )
 
     def backward(self, call, grad_outputs):
@@ -62,22 +56,20 @@ class Recompute(Rule):
         relevance: list = [None] * len(call.inputs)
         if not wanted:
             return tuple(relevance)
-        groups = _groups(call, grad_outputs, self.samples)
+        groups, per_sample = _groups(call, grad_outputs, self.samples)
         shares: dict[int, list] = {i: [] for i in wanted}
         with _same_random_numbers(call.key.rng_state):
-            for group, _ in groups:
-                found = _recomputed(call, grad_outputs, wanted, group)
+            for group in groups:
+                found = _recomputed(call, grad_outputs, wanted, group, per_sample)
                 for i in wanted:
                     shares[i].append(found.get(i))
-        split = groups[0][1]
         for i in wanted:
             if all(share is None for share in shares[i]):
                 continue
             x = call.inputs[i]
-            if split[i]:  # one slice of the batch per group
+            if len(groups) > 1 and per_sample(x):  # one slice of the batch per group
                 relevance[i] = torch.cat([
-                    torch.zeros_like(x[group]) if share is None else share
-                    for (group, _), share in zip(groups, shares[i])
+                    torch.zeros_like(x[group]) if share is None else share for group, share in zip(groups, shares[i])
                 ])  # fmt: skip
             else:  # the whole tensor in every group (broadcast over the batch): its shares add up
                 present = [share for share in shares[i] if share is not None]
@@ -85,34 +77,34 @@ class Recompute(Rule):
         return tuple(relevance)
 
 
-def _groups(call, grad_outputs, samples: int) -> list[tuple[slice | None, list[bool]]]:
-    """``(samples, split)`` per recomputation: the batch slice (None: all) and which inputs it slices.
+def _groups(call, grad_outputs, samples: int) -> tuple[list[slice | None], Callable[[object], bool]]:
+    """The batch slices to recompute one after another (``[None]``: all at once), and which values are per sample.
 
     A tensor argument is per sample if it has the outputs' number of dimensions and their batch size;
     with fewer dimensions, or size 1 there, it broadcasts over the batch and is passed whole. Groups are
     made only where every output has the same batch size and number of dimensions, and not in training
     mode (a group would draw other random numbers than the whole batch did).
     """
-    whole = [(None, [False] * len(call.inputs))]
     outputs = [g for g in grad_outputs if g is not None]
-    if samples <= 0 or not outputs or call.module.training:
-        return whole
-    batch, ndim = outputs[0].shape[0] if outputs[0].ndim else 0, outputs[0].ndim
-    if batch <= samples or any(g.ndim != ndim or g.shape[0] != batch for g in outputs):
-        return whole
-    split = [x.ndim == ndim and x.shape[0] == batch for x in call.inputs]
-    return [(slice(start, start + samples), split) for start in range(0, batch, samples)]
+    ndim = outputs[0].ndim if outputs else 0
+    batch = outputs[0].shape[0] if ndim else 0
+
+    def per_sample(value: object) -> bool:
+        return isinstance(value, torch.Tensor) and ndim > 0 and value.ndim == ndim and value.shape[0] == batch
+
+    if samples <= 0 or batch <= samples or call.module.training or not all(per_sample(g) for g in outputs):
+        return [None], per_sample
+    return [slice(start, start + samples) for start in range(0, batch, samples)], per_sample
 
 
-def _recomputed(call, grad_outputs, wanted: list[int], group: slice | None) -> dict[int, torch.Tensor | None]:
+def _recomputed(
+    call, grad_outputs, wanted: list[int], group: slice | None, per_sample: Callable[[object], bool]
+) -> dict[int, torch.Tensor | None]:
     """The relevance of the wanted inputs from one recomputation of the forward (on ``group`` of the batch)."""
     create_graph = torch.is_grad_enabled()
-    ndim = next((g.ndim for g in grad_outputs if g is not None), 0)
-    batch = next((g.shape[0] for g in grad_outputs if g is not None), 0)
 
     def part(value):
-        per_sample = isinstance(value, torch.Tensor) and value.ndim == ndim and ndim and value.shape[0] == batch
-        return value[group] if group is not None and per_sample else value
+        return value[group] if group is not None and per_sample(value) else value
 
     with torch.enable_grad(), _ops.rules_applying():
         # Under create_graph the inputs themselves are the leaves, so the relevance stays differentiable

@@ -178,5 +178,4 @@ def attend(
     return module.context(weights, v).to(dtype), weights.to(dtype)
 
 
-
 __all__ = ("Attention", "Rotate", "attend")
