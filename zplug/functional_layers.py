@@ -138,6 +138,32 @@ class ScaledDotProductAttention(torch.nn.Module):
         """Return the attention output (as the function does)."""
         return self.attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)[0]
 
+    def fused(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> torch.Tensor | None:
+        """The output of this call from torch's fused kernel, or None with dropout (``fused_attention``'s use)."""
+        if dropout_p > 0.0:
+            return None
+        if is_causal and attn_mask is not None:  # the function takes one or the other: the causal part as a mask
+            length, source = query.shape[-2], key.shape[-2]
+            causal = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+            if attn_mask.dtype == torch.bool:
+                attn_mask = attn_mask & causal
+            else:
+                attn_mask = attn_mask.masked_fill(~causal, float("-inf"))
+            is_causal = False
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa
+        )
+
     def attend(
         self,
         query: torch.Tensor,

@@ -193,7 +193,7 @@ class LayerMapping(Sequence[MappedModule]):
 
         found: list[Coverage] = []
         xs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
-        with self._applied(model, ()):
+        with self._applied(model, (), "relevance"):
             recorder = watch(self, model, found.append)
             try:
                 with torch.enable_grad():
@@ -244,7 +244,9 @@ class LayerMapping(Sequence[MappedModule]):
 
     # -- application --------------------------------------------------------------------------
     @contextmanager
-    def applied(self, model: torch.nn.Module, observers: Sequence[Any] = ()) -> Iterator[torch.nn.Module]:
+    def applied(
+        self, model: torch.nn.Module, observers: Sequence[Any] = (), *, form: str = "relevance"
+    ) -> Iterator[torch.nn.Module]:
         """Apply the canonizers (in order), then the rules, for the duration of a ``with`` block.
 
         Inside the block, ``torch.autograd.grad(model(x), x, grad_outputs=r)`` returns the
@@ -257,6 +259,12 @@ class LayerMapping(Sequence[MappedModule]):
         observers : sequence of callables
             Passed to :func:`zplug.engine.attach_rules`: called after each rule computed
             relevance, as ``observer(binding, call, grad_outputs, relevance)``.
+        form : {"relevance", "gradient"}
+            What the backward pass carries between layers: each activation's relevance (as Zennit), or
+            the relevance divided by the activation, which is faster and keeps less (the relevance of
+            the model's inputs is the same; see :mod:`zplug.engine.gradient_form` for the one
+            difference, added constants). Gradient form needs every rule to have one, no observers, and
+            a model that returns tensors; relevance is read at the model's floating-point inputs.
 
         Yields
         ------
@@ -276,8 +284,10 @@ class LayerMapping(Sequence[MappedModule]):
         CoverageError
             With ``strict=True``, for operations no rule covers (at the first call where torch.fx could
             not trace the model).
+        RelevanceError
+            In gradient form, if a rule has none or observers are given.
         """
-        with self._applied(model, observers):
+        with self._applied(model, observers, form):
             self.report_coverage()
             recorder = None
             if self._coverage is not None and not self._coverage.analysed:
@@ -285,7 +295,13 @@ class LayerMapping(Sequence[MappedModule]):
 
                 recorder = watch(self, model, self._first_call_analysed)
             try:
-                yield model
+                if form == "gradient":
+                    from zplug.engine.gradient_form import model_boundaries
+
+                    with model_boundaries(model):
+                        yield model
+                else:
+                    yield model
             finally:
                 if recorder is not None:
                     recorder.remove()
@@ -295,13 +311,13 @@ class LayerMapping(Sequence[MappedModule]):
         self.report_coverage()
 
     @contextmanager
-    def _applied(self, model: torch.nn.Module, observers: Sequence[Any]) -> Iterator[torch.nn.Module]:
+    def _applied(self, model: torch.nn.Module, observers: Sequence[Any], form: str) -> Iterator[torch.nn.Module]:
         from zplug.canonizers import applied_canonizers
         from zplug.engine import attach_rules
 
         with applied_canonizers(model, [c.canonizer for c in self.canonizers]):
             self._check_model(model)
-            with attach_rules(model, self.rules, observers=tuple(observers)):
+            with attach_rules(model, self.rules, observers=tuple(observers), form=form):
                 yield model
 
     def _check_model(self, model: torch.nn.Module) -> None:

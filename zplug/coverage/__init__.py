@@ -291,10 +291,16 @@ def summarise(
     )
     # An idle pass-through rule changes nothing: whatever the parent computes instead is a step of its own,
     # judged above (and a lookup table such as a language model's embedding is idle by design).
+    # Modules inside a called module whose rule computes it as a whole (not ``recompute``) are not idle: that
+    # rule stands for them, whether the module's forward calls them or computes without them (a fused kernel).
+    wholes = tuple(
+        f"{name}." for name, rule in rules.items() if name in called and not getattr(rule, "recomputes", False)
+    )
     idle = tuple(
         RuledModule(name=name, type=type(modules[name]).__name__, rule=rule.name)
         for name, rule in rules.items()
         if name in modules and name not in called and not getattr(rule, "passes_relevance", False)
+        and not (name.startswith(wholes) if name else False)
     )
     lossy = tuple(
         RuledModule(name=step.name, type=type(step.module).__name__, rule=rules[step.name].name)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from zplug.engine.function import Binding, Observer
-from zplug.errors import ModelMismatchError, unknown_name_message
+from zplug.engine.gradient_form import check_form
+from zplug.errors import ModelMismatchError, RelevanceError, unknown_name_message
 
 if TYPE_CHECKING:
     from zplug.rules.base import Rule
@@ -46,6 +47,7 @@ def attach_rules(
     assignment: Mapping[str, Rule],
     *,
     observers: tuple[Observer, ...] = (),
+    form: str = "relevance",
 ) -> Iterator[dict[str, Binding]]:
     """Attach ``assignment`` (module name -> rule instance) to ``model`` inside a ``with`` block.
 
@@ -57,6 +59,10 @@ def attach_rules(
         Which rule each module gets. Modules not named keep their plain gradient.
     observers : tuple of callables
         Called after each rule computed relevance, as ``observer(binding, call, grad_outputs, relevance)``.
+    form : {"relevance", "gradient"}
+        What the backward pass carries between layers (:mod:`zplug.engine.gradient_form`). In gradient
+        form, rules whose gradient form is the module's own gradient are not attached, and the caller
+        converts at the model's boundaries (:func:`~zplug.engine.gradient_form.model_boundaries`).
 
     Yields
     ------
@@ -67,7 +73,10 @@ def attach_rules(
     ------
     ModelMismatchError
         If a name does not exist in ``model``.
+    RelevanceError
+        In gradient form, if a rule has no gradient form, or observers are given.
     """
+    gradient = check_form(form) == "gradient"
     named = list(model.named_modules(remove_duplicate=False))  # one walk serves every check below
     modules = dict(named)
     unknown = [name for name in assignment if name not in modules]
@@ -75,6 +84,7 @@ def attach_rules(
         known = [name for name in modules if name]
         raise ModelMismatchError(f"model {type(model).__name__}: {unknown_name_message('module', unknown[0], known)}")
     _check_aliases(named, assignment)
+    forms = _gradient_forms(modules, assignment, observers) if gradient else {}
     patches: list[AttributePatch] = []
     bindings: dict[str, Binding] = {}
     try:
@@ -87,7 +97,9 @@ def attach_rules(
             if id(module) in patched:  # an alias of a module already bound (same rule, checked above)
                 continue
             patched.add(id(module))
-            binding = Binding(module, name, rule, module.forward)
+            if forms.get(name) == "plain":  # the module's own gradient is the rule's gradient form
+                continue
+            binding = Binding(module, name, rule, module.forward, gradient=gradient)
             binding.observers.extend(observers)
             patches.append(AttributePatch(module, "forward", binding))
             bindings[name] = binding
@@ -97,6 +109,24 @@ def attach_rules(
             binding.active = False  # graphs that outlive the block give plain gradients (as after Zennit's remove)
         for patch in reversed(patches):
             patch.undo()
+
+
+def _gradient_forms(modules: dict, assignment: Mapping[str, Rule], observers: tuple) -> dict[str, str]:
+    """Each rule's gradient form on its module; a RelevanceError where a rule has none."""
+    if observers:
+        raise RelevanceError(
+            "gradient form: observers (the ledger) see relevance, which gradient form does not compute between "
+            "layers; apply the mapping in relevance form"
+        )
+    forms = {}
+    for name, rule in assignment.items():
+        forms[name] = rule.gradient_form(modules[name])
+        if forms[name] not in ("plain", "rule"):
+            raise RelevanceError(
+                f"gradient form: rule '{rule.name}' on layer '{name}' ({type(modules[name]).__name__}) has no gradient "
+                "form; apply the mapping in relevance form"
+            )
+    return forms
 
 
 def _check_aliases(named: list[tuple[str, torch.nn.Module]], assignment: Mapping[str, Rule]) -> None:

@@ -159,7 +159,10 @@ class _RuleFunction(torch.autograd.Function):
         # A recomputed forward in training mode must draw the same random numbers (dropout) again.
         rng_state = _random_state(tensors) if binding.recomputes and binding.module.training else None
         args, kwargs = spec.rebuild(tensors)
-        output = binding.original_forward(*args, **kwargs)
+        if binding.computes_forward:
+            output = binding.rule.compute_forward(binding.module, binding.original_forward, args, kwargs)
+        else:
+            output = binding.original_forward(*args, **kwargs)
         outs = output if isinstance(output, tuple) else (output,)
         if not all(isinstance(o, torch.Tensor) for o in outs):
             raise RelevanceError(
@@ -211,7 +214,10 @@ class _RuleFunction(torch.autograd.Function):
             return (None, None, grad_outputs[0])
         call = LayerCall(ctx, inputs)
         with rule_computation():
-            relevance = tuple(binding.rule.backward(call, grad_outputs))
+            if binding.gradient:
+                relevance = tuple(binding.rule.gradient(call, grad_outputs))
+            else:
+                relevance = tuple(binding.rule.backward(call, grad_outputs))
         if len(relevance) != len(inputs):
             raise RelevanceError(
                 f"rule '{binding.rule.name}' on layer '{binding.name}' returned {len(relevance)} relevance tensors "
@@ -299,10 +305,22 @@ class Binding:
         The rule that computes the module's relevance.
     original_forward : Callable
         The forward to run (the module's own, or one a canonizer installed).
+    gradient : bool
+        Compute in gradient form (:mod:`zplug.engine.gradient_form`): the rule's :meth:`~Rule.gradient`
+        instead of its :meth:`~Rule.backward`.
     """
 
-    def __init__(self, module: torch.nn.Module, name: str, rule: Rule, original_forward: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        name: str,
+        rule: Rule,
+        original_forward: Callable[..., Any],
+        *,
+        gradient: bool = False,
+    ) -> None:
         self.module = module
+        self.gradient = gradient
         self.name = name
         self.rule = rule
         self.original_forward = original_forward
@@ -311,14 +329,16 @@ class Binding:
         self.ops: dict[int, LayerOp] = {}
         #: The rule passes relevance through unchanged (:attr:`Rule.passes_relevance`): on a one-tensor
         #: call of unchanged shape the relevance goes straight through, without calling the rule.
-        self.passes = rule.passes_relevance is True
+        self.passes = rule.passes_relevance is True and not gradient  # in gradient form passing is a ratio
         #: A pass-through rule on a forward marked as the identity (:func:`~zplug.engine.mark_identity`):
         #: the plain gradient is already the relevance, so no autograd node is made (unless observers
         #: want to see the layer).
-        self.skippable = self.passes and is_identity(original_forward)
+        self.skippable = rule.passes_relevance is True and is_identity(original_forward)
         #: The rule recomputes the module's forward (:attr:`Rule.recomputes`): with observers attached the
         #: module runs as it is, so that they see the rules inside it.
         self.recomputes = rule.recomputes
+        #: The rule computes the forward pass itself (:meth:`Rule.compute_forward` overridden).
+        self.computes_forward = rule.computes_forward
         #: While True, backward passes through this module compute relevance; ``attach_rules``
         #: sets it to False on exit, so graphs built inside the block then give plain gradients.
         self.active = True

@@ -85,4 +85,20 @@ def divide_stabilized(relevance: torch.Tensor, stabilizer: StabilizerLike, z: to
     return torch.div(relevance, denominator, out=denominator)
 
 
-__all__ = ("StabilizerLike", "apply_stabilizer", "divide_stabilized", "stabilize")
+def gradient_scaled(
+    grad: torch.Tensor, stabilizer: StabilizerLike, out: torch.Tensor, stabilized: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``grad * out / stab(stabilized)``: in gradient form, what ``R / stab(z)`` is in relevance form.
+
+    ``out`` is the layer's output (its relevance is ``out * grad``), ``stabilized`` the value the rule
+    divides by (``out`` unless parameters are zeroed). With a zero stabiliser and ``stabilized`` the
+    output itself the quotient is ``grad`` (also where the output is 0, the limit of the division).
+    """
+    if stabilized is None or stabilized is out:
+        if isinstance(stabilizer, Real) and stabilizer == 0:
+            return grad
+        stabilized = out
+    return divide_stabilized(grad * out, stabilizer, stabilized)
+
+
+__all__ = ("StabilizerLike", "apply_stabilizer", "divide_stabilized", "gradient_scaled", "stabilize")

@@ -79,6 +79,8 @@ class Rule(Part):
         super().__init_subclass__(**kwargs)
         if "backward" in cls.__dict__ and "passes_relevance" not in cls.__dict__:
             cls.passes_relevance = False
+        if "compute_forward" in cls.__dict__:
+            cls.computes_forward = True
 
     #: True for the rules of modified-gradient methods (DeconvNet, guided backprop, ...): they change
     #: a gradient rather than propagate relevance, so in a mapping made of such rules only, the
@@ -91,6 +93,46 @@ class Rule(Part):
     #: its inputs. While observers (the ledger) watch, the engine runs the module's forward as it is,
     #: so that they see the modules inside one by one; the coverage analysis looks inside it too.
     recomputes: ClassVar[bool] = False
+
+    #: True where the class (or a base) overrides :meth:`compute_forward` (set automatically): the engine
+    #: then lets the rule compute the module's output in the forward pass.
+    computes_forward: ClassVar[bool] = False
+
+    def compute_forward(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict):
+        """Compute the module's output in the forward pass (no autograd recording); the default runs ``forward``.
+
+        A rule whose :meth:`backward` does not depend on how the output was computed may compute the
+        same output another way, e.g. with a fused kernel (``fused_attention``). The output is what
+        the layers above receive, and what :attr:`LayerCall.outputs` holds in the backward pass.
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            The module.
+        forward : Callable
+            Its forward (the class's, or one a canonizer installed).
+        args, kwargs
+            The call's arguments.
+        """
+        return forward(*args, **kwargs)
+
+    def gradient_form(self, module: torch.nn.Module) -> str | None:
+        """How the rule computes in gradient form (``form="gradient"``, see :mod:`zplug.engine.gradient_form`).
+
+        ``"plain"``: on ``module`` the rule's gradient form is the module's own gradient, so no
+        autograd node is made for it; ``"rule"``: :meth:`gradient` computes it; None (the default):
+        the rule has no gradient form, and a mapping with it cannot be applied in gradient form.
+        """
+        return None
+
+    def gradient(self, call: LayerCall, grad_outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The rule in gradient form: the relevance of each input divided by the input.
+
+        ``grad_outputs[k]`` is ``G_k`` with output ``k``'s relevance ``R_k = out_k * G_k``; return ``G_i``
+        such that ``x_i * G_i`` is what :meth:`backward` returns for those ``R_k``. Called in gradient form
+        for rules whose :meth:`gradient_form` is ``"rule"``.
+        """
+        raise NotImplementedError
 
     def needs_rectified_output(self) -> bool:
         """Whether the rule loses relevance on a layer whose output is not rectified (no ReLU after it).

@@ -31,6 +31,13 @@ def _check_shape(call, x: torch.Tensor, relevance: torch.Tensor, rule: str) -> N
         )
 
 
+def _ratio_times(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``grad * out / x``, with 0 where ``x`` is 0 (there the relevance ``x * G`` is 0 whatever ``G`` is)."""
+    zero = x == 0
+    ratio = out / x.masked_fill(zero, 1.0)
+    return (grad * ratio).masked_fill_(zero, 0.0)
+
+
 @attrs.frozen(kw_only=True)
 class Pass(Rule):
     """Pass the upper relevance through unchanged (element-wise layers: activations, BatchNorm).
@@ -50,6 +57,22 @@ class Pass(Rule):
             return tuple(grad_outputs)
         _, relevance = _single(call, grad_outputs, self.name)
         return (relevance,)
+
+    def gradient_form(self, module):
+        """The module's own gradient on ReLU (its gradient is ``out / in``) and dropout; otherwise :meth:`gradient`."""
+        plain = (torch.nn.ReLU, torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d)
+        forwards = {cls.forward for cls in plain}
+        return "plain" if type(module).forward in forwards and "forward" not in vars(module) else "rule"
+
+    def gradient(self, call, grad_outputs):
+        """``G * out / in`` per input (0 where the input is 0): the output's relevance, divided by the input."""
+        if len(call.inputs) == len(grad_outputs) > 1:
+            pairs = list(zip(call.inputs, grad_outputs))
+            for x, g in pairs:
+                _check_shape(call, x, g, self.name)
+        else:
+            pairs = [_single(call, grad_outputs, self.name)]
+        return tuple(_ratio_times(g, out, x) for (x, g), out in zip(pairs, call.outputs))
 
 
 @attrs.frozen(kw_only=True)

@@ -1,6 +1,7 @@
 """Registers zplug's built-in rules through the plugin hook (like any third-party plugin)."""
 
 from zplug.hookspecs import hookimpl
+from zplug.rules.attention import FusedAttention
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 from zplug.rules.recompute import Recompute
@@ -27,4 +28,5 @@ def zplug_register_rules():
         Softmax,
         Product,
         Recompute,
+        FusedAttention,
     ]

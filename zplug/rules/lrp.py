@@ -88,6 +88,21 @@ def _scaled(grad_outputs: Tensors, outputs: Tensors, stabilizer) -> torch.Tensor
     return scaled[0] if len(scaled) == 1 else scaled
 
 
+def _gradient_scaled(grad_outputs: Tensors, outputs: Tensors, stabilized: Tensors, stabilizer) -> Tensors:
+    """``G_k * z_k / stab(z'_k)`` per output: the gradient form's counterpart of ``R_k / stab(z'_k)``.
+
+    ``z`` is the layer's output (``R = z * G``), ``z'`` the one the rule divides by (with zeroed parameters).
+    """
+    if len(grad_outputs) != len(outputs):
+        raise RelevanceError(f"got relevance for {len(grad_outputs)} outputs but the layer has {len(outputs)}")
+    return tuple(_stabilize.gradient_scaled(g, stabilizer, z, s) for g, z, s in zip(grad_outputs, outputs, stabilized))
+
+
+def _plain_if_unstabilized(stabilizer, zero_params: tuple[str, ...] = ()) -> str:
+    """``"plain"`` when the rule divides by the output itself (no stabiliser, no zeroed parameter), else ``"rule"``."""
+    return "plain" if not callable(stabilizer) and stabilizer == 0 and not zero_params else "rule"
+
+
 def _as_tuple(value: torch.Tensor | Tensors) -> Tensors:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
@@ -178,6 +193,20 @@ class Epsilon(Rule):
         scaled = _scaled(grad_outputs, outputs, self.epsilon)
         return _times_inputs(xs, call.op.transpose(scaled, xs, params), call.op)
 
+    def gradient_form(self, module):
+        """The module's own gradient with ``epsilon=0`` and no zeroed parameter; otherwise :meth:`gradient`."""
+        return _plain_if_unstabilized(self.epsilon, self.zero_params)
+
+    def gradient(self, call, grad_outputs):
+        """``J^T (G z / stab(z'))``: the relevance of each input divided by the input."""
+        xs, params, outputs = call.inputs, call.params(), call.outputs
+        stabilized = outputs
+        if self.zero_params:
+            params = _modify(params, _same, self.zero_params)
+            stabilized = _as_tuple(call.op.forward(xs, params))
+        scaled = _gradient_scaled(grad_outputs, outputs, stabilized, self.epsilon)
+        return call.op.transpose(scaled[0] if len(scaled) == 1 else scaled, xs, params)
+
     def absorption(self, call, grad_outputs, relevance):
         """Split what the layer absorbed into the epsilon and the bias shares (one-output layers)."""
         return _stabilizer_absorption(call, grad_outputs, relevance, self.epsilon, self.zero_params)
@@ -204,6 +233,16 @@ class Norm(Rule):
         if reusable and not torch.is_grad_enabled():
             return (*_mul(xs[:-1], shares[:-1]), shares[-1].mul_(xs[-1]))
         return _mul(xs, shares)
+
+    def gradient_form(self, module):
+        """The module's own gradient with ``stabilizer=0``; otherwise :meth:`gradient`."""
+        return _plain_if_unstabilized(self.stabilizer)
+
+    def gradient(self, call, grad_outputs):
+        """``J^T (G z / stab(z))``: the relevance of each input divided by the input."""
+        outputs = call.outputs
+        scaled = _gradient_scaled(grad_outputs, outputs, outputs, self.stabilizer)
+        return call.op.transpose(scaled[0] if len(scaled) == 1 else scaled, call.inputs, call.params())
 
     def absorption(self, call, grad_outputs, relevance):
         """Split what the layer absorbed into the stabiliser and the bias shares (one-output layers)."""

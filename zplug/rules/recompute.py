@@ -50,6 +50,14 @@ class Recompute(Rule):
         check=non_negative_int,
     )
 
+    def gradient_form(self, module):
+        """:meth:`gradient`: the inner rules, in gradient form."""
+        return "rule"
+
+    def gradient(self, call, grad_outputs):
+        """The inner rules' gradient form on a recomputed forward (they are attached in gradient form)."""
+        return self.backward(call, grad_outputs)
+
     def backward(self, call, grad_outputs):
         """Return the relevance of each input: the inner rules' relevance on a recomputed forward."""
         wanted = [i for i, x in enumerate(call.inputs) if x.requires_grad]

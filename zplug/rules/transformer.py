@@ -155,6 +155,18 @@ class FrozenScale(Rule):
 
     def backward(self, call, grad_outputs):
         """Return the relevance of the input (see the class docstring)."""
+        return (self._propagate(call, grad_outputs, gradient=False),)
+
+    def gradient_form(self, module):
+        """:meth:`gradient`."""
+        return "rule"
+
+    def gradient(self, call, grad_outputs):
+        """``A^T (G y / stab(y'))``: the input's relevance divided by the input."""
+        return (self._propagate(call, grad_outputs, gradient=True),)
+
+    def _propagate(self, call, grad_outputs, *, gradient: bool) -> torch.Tensor:
+        """``A^T v`` with ``v = R / stab(y)`` (times ``x``), or in gradient form ``v = G y / stab(y')``."""
         relevance = _relevance_out(call, grad_outputs, self.name)
         x = _single_input(call, self.name)
         params = call.params()
@@ -162,7 +174,7 @@ class FrozenScale(Rule):
             params = {k: None if v is None else (torch.zeros_like(v) if k in self.zero_params else v)
                       for k, v in params.items()}
         if _plain_layer_norm(call):
-            return (self._layer_norm(call, relevance, x, params),)
+            return self._layer_norm(call, relevance, x, params, gradient=gradient)
         mode = _frozen_scale_mode()()
         with torch.enable_grad():
             leaf = x.detach().requires_grad_()
@@ -174,16 +186,20 @@ class FrozenScale(Rule):
                     "of F.layer_norm, F.group_norm, F.rms_norm, F.normalize, so there is no scale to hold constant; "
                     "give this layer another rule, or write its normalisation with one of these functions"
                 )
-            scaled = divide_stabilized(relevance, self.epsilon, y.detach())
+            if gradient:  # R = out G, divided by the stabilised y (computed with zeroed parameters, if any)
+                scaled = _stabilize.gradient_scaled(relevance, self.epsilon, call.output, y.detach())
+            else:
+                scaled = divide_stabilized(relevance, self.epsilon, y.detach())
             (grad,) = torch.autograd.grad(y, leaf, scaled)
-        return (x * grad,)
+        return grad if gradient else x * grad
 
-    def _layer_norm(self, call, relevance, x, params) -> torch.Tensor:
+    def _layer_norm(self, call, relevance, x, params, *, gradient: bool) -> torch.Tensor:
         """``torch.nn.LayerNorm`` in closed form: ``x * s * (w v - mean(w v))`` with ``v = R / stab(y)``.
 
         ``y = w s (x - mean(x)) + b`` with the scale ``s = 1 / sqrt(var(x) + eps)`` held constant has the
         transposed Jacobian ``v -> s (w v - mean(w v))`` (means over the normalised dimensions). The stored
         output serves as ``y`` unless parameters are zeroed; no forward is re-run and no graph is built.
+        In gradient form ``v = G y / stab(y')`` and the product with ``x`` is left out.
         """
         module = call.module
         dims = _dims(x, module.normalized_shape)
@@ -193,13 +209,19 @@ class FrozenScale(Rule):
         else:
             y = call.output
         inplace = not torch.is_grad_enabled()  # fresh buffers may be reused unless a graph is recorded
-        scaled = divide_stabilized(relevance, self.epsilon, y)
+        if gradient:
+            scaled = _stabilize.gradient_scaled(relevance, self.epsilon, call.output, y)
+            inplace = inplace and scaled is not relevance  # the incoming gradient may be shared: not in place
+        else:
+            scaled = divide_stabilized(relevance, self.epsilon, y)
         if weight is not None:
             scaled = scaled.mul_(weight) if inplace else scaled * weight
         mean = scaled.mean(dim=dims, keepdim=True)
         centred = scaled.sub_(mean) if inplace else scaled - mean
         # The scale as the forward computed it (``native_layer_norm`` returns it; ``var`` is slower on CPU).
         inverse_std = torch.native_layer_norm(x.detach(), module.normalized_shape, None, None, module.eps)[2]
+        if gradient:
+            return centred.mul_(inverse_std) if inplace else centred * inverse_std
         if inplace:
             return centred.mul_(inverse_std).mul_(x)
         return centred * inverse_std * x
@@ -252,6 +274,24 @@ class Softmax(Rule):
                 return (out,)
             inner = torch.addcmul(relevance, s, relevance.sum(dim=dim, keepdim=True), value=-1)
         return (inner * x.masked_fill(x == float("-inf"), 0.0),)
+
+    def gradient_form(self, module):
+        """The softmax's own gradient (``s * (G - sum(s G))`` is its vector-Jacobian product)."""
+        plain = type(module).forward is torch.nn.Softmax.forward and "forward" not in vars(module)
+        return "plain" if plain else "rule"
+
+    def gradient(self, call, grad_outputs):
+        """``s * (G - sum(s G))`` along the softmax dimension."""
+        grad = _relevance_out(call, grad_outputs, self.name)
+        dim = getattr(call.module, "dim", None)
+        if not isinstance(dim, int):
+            raise RelevanceError(
+                f"rule '{self.name}' on layer '{call.name}' ({type(call.module).__name__}) needs a module with an "
+                f"integer attribute 'dim' (the softmax dimension, as torch.nn.Softmax has); got {dim!r}"
+            )
+        s = call.output
+        weighted = s * grad
+        return (weighted - s * weighted.sum(dim=dim, keepdim=True),)
 
 
 # -- product ---------------------------------------------------------------------------------------
@@ -384,6 +424,37 @@ class Product(Rule):
             return tuple(shares.get(i) for i in range(len(call.inputs)))
         positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
         return tuple(shares.get(i) for i in positions)
+
+    def gradient_form(self, module):
+        """:meth:`gradient`."""
+        return "rule"
+
+    def gradient(self, call, grad_outputs):
+        """``w_A J_A^T (G O / stab(O))`` per operand: its relevance divided by the operand."""
+        from zplug.functional_layers import MatMul, Mul
+
+        grad = _relevance_out(call, grad_outputs, self.name)
+        module = call.module
+        known = isinstance(module, (MatMul, Mul)) and not call.kwargs
+        operands = call.args if known else call.inputs
+        carriers = [i for i, operand in enumerate(operands) if _carries(operand)]
+        weights = self._weights(module, carriers)
+        scaled = _stabilize.gradient_scaled(grad, self.epsilon, call.output)
+        grads: dict[int, torch.Tensor] = {}
+        if weights and known:
+            with torch.enable_grad():
+                leaves = [a.detach().requires_grad_(i in weights) if isinstance(a, torch.Tensor) else a
+                          for i, a in enumerate(operands)]
+                product = type(module).forward(module, *leaves)
+                found = torch.autograd.grad(product, [leaves[i] for i in weights], scaled)
+            grads = {i: g if w == 1 else g * w for (i, w), g in zip(weights.items(), found)}
+        elif weights:
+            transposed = call.op.transpose(scaled, call.inputs, call.params())
+            grads = {i: transposed[i] if w == 1 else transposed[i] * w for i, w in weights.items()}
+        if not known:
+            return tuple(grads.get(i) for i in range(len(call.inputs)))
+        positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        return tuple(grads.get(i) for i in positions)
 
     def receivers(self, module, inputs):
         """With ``to="value"`` on a matrix or element-wise product: the value operand only (see :meth:`_weights`)."""

@@ -159,12 +159,16 @@ def test_gpt2_conv1d_views_compute_what_conv1d_computes_and_change_no_relevance(
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_attention_keeps_no_scores_for_the_backward_pass(family, implementation):
-    """``recompute`` on each layer's attention: no (batch, heads, length, length) tensor is kept per layer."""
+    """``fused_attention`` on each layer's attention: no (batch, heads, length, length) tensor is kept per layer.
+
+    Eager attention returns its weights, which the fused kernel does not compute: there the rule recomputes the
+    inner rules instead, which keeps nothing either.
+    """
     model = tiny(family, implementation)
     ids = token_ids(batch=1, length=9)
     mapping = zplug.resolve(model, "attnlrp")
     cores = [m for m in mapping if m.module_class is Attention]
-    assert len(cores) == 2 and {m.rule_name for m in cores} == {"recompute"}
+    assert len(cores) == 2 and {m.rule_name for m in cores} == {"fused_attention"}
     shapes = []
 
     def pack(t):

@@ -201,5 +201,8 @@ def test_the_mapping_is_resolved_once_per_model_preset_and_parameters():
     model.config._attn_implementation = "sdpa"
     sdpa = explain_tokens(model, ids, preset="attnlrp")
     assert sdpa.mapping is not first.mapping
-    torch.testing.assert_close(sdpa.relevance, first.relevance)
+    # Eager attention returns its weights, so fused_attention computes it with the inner rules (stabilisers 1e-6);
+    # under sdpa the fused kernel computes it without inner stabiliser: equal up to those stabilisers' effect.
+    scale = float(first.relevance.abs().max())
+    torch.testing.assert_close(sdpa.relevance, first.relevance, rtol=1e-4, atol=1e-4 * scale)
     assert explain_tokens(tiny("gpt2"), ids, preset="attnlrp").mapping is not first.mapping

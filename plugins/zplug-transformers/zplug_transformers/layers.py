@@ -70,6 +70,17 @@ class Attention(torch.nn.Module):
         out, weights = attend(self, q, k, v, **options)
         return (out, weights) if need_weights else out
 
+    def fused(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, need_weights: bool = True, **options: object
+    ) -> torch.Tensor | None:
+        """The context from torch's fused kernel, or None where it cannot compute the call (``fused_attention``).
+
+        None when the weights are asked for, with dropout, or outside float32/float64.
+        """
+        if need_weights or not _fusable(q, options):
+            return None
+        return _fused(self, q, k, v, options.get("blocked"), options.get("additive"))
+
     def extra_repr(self) -> str:
         """Show the key/value groups."""
         return f"groups={self.num_key_value_groups}"
