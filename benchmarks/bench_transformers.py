@@ -57,8 +57,13 @@ DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- transformers: written by benchmarks/bench_transformers.py -->", "<!-- /transformers -->"
 CASES = ("vit_b_16:1", "vit_b_16:8")
 QUICK_CASES = ("vit_l4:1",)
-PRESETS = ("attnlrp", "cp_lrp")
-LXT_NAMES = {"attnlrp": "LXT AttnLRP", "cp_lrp": "LXT cp_LRP"}
+GRADIENT_FORM = ", gradient form"
+#: zplug's variants (a preset, in relevance or gradient form) and the LXT map each is compared with.
+LXT_NAMES = {
+    "attnlrp": "LXT AttnLRP", "cp_lrp": "LXT cp_LRP",
+    f"attnlrp{GRADIENT_FORM}": "LXT AttnLRP", f"cp_lrp{GRADIENT_FORM}": "LXT cp_LRP",
+}  # fmt: skip
+PRESETS = tuple(LXT_NAMES)
 
 
 # -- models ----------------------------------------------------------------------------------------
@@ -161,10 +166,10 @@ def variants(model: torch.nn.Module, x: torch.Tensor, presets=PRESETS) -> dict[s
         out = model(inp)
         return torch.autograd.grad(out, inp, _onehot(out))[0]
 
-    def ours(mapping) -> Callable[[], torch.Tensor]:
+    def ours(mapping, form: str) -> Callable[[], torch.Tensor]:
         def call() -> torch.Tensor:
             inp = x.clone().requires_grad_()
-            with mapping.applied(model) as m:
+            with mapping.applied(model, form=form) as m:
                 out = m(inp)
                 return torch.autograd.grad(out, inp, _onehot(out) * out.detach())[0]
 
@@ -181,9 +186,14 @@ def variants(model: torch.nn.Module, x: torch.Tensor, presets=PRESETS) -> dict[s
         return call
 
     calls = {"gradient": gradient}
-    for preset in presets:
-        calls[f"zplug {preset}"] = ours(zplug.resolve(model, preset, epsilon=1e-12, stabilizer=1e-12))
-        calls[LXT_NAMES[preset]] = lxt(LXTPatch(preset))
+    for variant in presets:
+        preset, gradient_form = variant.removesuffix(GRADIENT_FORM), variant.endswith(GRADIENT_FORM)
+        # Gradient form with no stabiliser (LRP-0, as LXT), relevance form with 1e-12 (a zero would divide by zero).
+        epsilon = 0.0 if gradient_form else 1e-12
+        mapping = zplug.resolve(model, preset, epsilon=epsilon, stabilizer=epsilon)
+        calls[f"zplug {variant}"] = ours(mapping, "gradient" if gradient_form else "relevance")
+        if LXT_NAMES[variant] not in calls:
+            calls[LXT_NAMES[variant]] = lxt(LXTPatch(preset))
     return calls
 
 

@@ -277,3 +277,14 @@ def test_a_model_that_returns_a_dict_is_refused_in_gradient_form():
     with zplug.attach_rules(model, {"linear": Epsilon(epsilon=0.1)}, form="gradient"), model_boundaries(model):
         with pytest.raises(RelevanceError, match="returned a dict; gradient form needs a tensor"):
             model(torch.randn(1, 3, dtype=DT, requires_grad=True))
+
+
+def test_explain_in_gradient_form_gives_the_relevance_of_relevance_form():
+    torch.manual_seed(10)
+    model = Residual().to(DT)
+    x = torch.randn(3, 6, dtype=DT)
+    expected = zplug.explain(model, x, 1, mapping=residual_rules(1e-6))
+    found = zplug.explain(model, x, 1, mapping=residual_rules(1e-6), form="gradient")
+    torch.testing.assert_close(found.relevance, expected.relevance, rtol=1e-12, atol=1e-14)
+    with pytest.raises(RelevanceError, match="observers \\(the ledger\\) see relevance"):
+        zplug.explain(model, x, 1, mapping=residual_rules(1e-6), form="gradient", ledger=True)

@@ -50,6 +50,7 @@ def explain(
     progress: Progress | None = None,
     strict: bool = False,
     canonizers: Any = None,
+    form: str = "relevance",
     **params: Any,
 ) -> Explanation:
     """Explain ``model``'s output for ``inputs``: the output, the relevance and optionally the ledger.
@@ -91,6 +92,9 @@ def explain(
         unmapped modules) instead of warning about operations no rule covers.
     canonizers : sequence, "auto" or None
         With a preset: overrides its canonizers, as in :func:`zplug.resolve` (``[]`` for none).
+    form : {"relevance", "gradient"}
+        What the backward pass carries between layers: ``"gradient"`` is faster and keeps less where
+        every rule has a gradient form (see :meth:`zplug.LayerMapping.applied`); not with the ledger.
     **params
         Split by name: a name that is a field of the attributor (``n_iter``, ``noise_level``,
         ``baseline``, ``method``, ``window``, ``stride``, ``fill``, ``chunk_size``) goes to the
@@ -164,7 +168,7 @@ def explain(
 
         book = Ledger()
     session = attributor.session(
-        model, mapping, output_index=output_index, observers=() if book is None else (book.observe,)
+        model, mapping, output_index=output_index, observers=() if book is None else (book.observe,), form=form
     )
     watching = nullcontext() if book is None else book.watching(model)
     with session, watching:

@@ -60,9 +60,10 @@ class Attributor(Part):
         *,
         output_index: int | None = None,
         observers: Sequence[Callable[..., None]] = (),
+        form: str = "relevance",
     ) -> Session:
         """Return a :class:`Session` that runs this attributor on ``model`` under ``mapping``."""
-        return Session(model, self, mapping, output_index=output_index, observers=observers)
+        return Session(model, self, mapping, output_index=output_index, observers=observers, form=form)
 
 
 def make_attributor(cls: type[Attributor], params: Mapping[str, Any]) -> Attributor:
@@ -255,6 +256,8 @@ class Session:
         For models that return a tuple or list: which output to explain.
     observers : sequence of callables
         Passed to the engine (see :class:`zplug.engine.Binding`); used by the ledger.
+    form : {"relevance", "gradient"}
+        What the backward pass carries between layers (see :meth:`zplug.LayerMapping.applied`).
     """
 
     def __init__(
@@ -265,12 +268,16 @@ class Session:
         *,
         output_index: int | None = None,
         observers: Sequence[Callable[..., None]] = (),
+        form: str = "relevance",
     ) -> None:
+        from zplug.engine.gradient_form import check_form
+
         self.model = model
         self.attributor = attributor
         self.mapping = as_mapping(mapping)
         self.output_index = output_index
         self.observers = tuple(observers)
+        self.form = check_form(form)
         self._stack: ExitStack | None = None
 
     def __enter__(self) -> Session:
@@ -293,7 +300,9 @@ class Session:
     def _applied(self):
         if self.mapping is None or not self.attributor.uses_gradient:
             return nullcontext(self.model)
-        return self.mapping.applied(self.model, observers=self.observers)
+        if self.form == "relevance":  # mapping objects of other makers need not know the keyword
+            return self.mapping.applied(self.model, observers=self.observers)
+        return self.mapping.applied(self.model, observers=self.observers, form=self.form)
 
     def forward(self, inputs: Tensors) -> torch.Tensor:
         """Run the model and return the explained output."""
@@ -379,12 +388,19 @@ class RuleAssignment:
     rules: Mapping[str, Any]
 
     @contextmanager
-    def applied(self, model: torch.nn.Module, observers: Sequence[Callable[..., None]] = ()) -> Iterator[Any]:
-        """Attach the rules to ``model`` inside a ``with`` block."""
+    def applied(
+        self, model: torch.nn.Module, observers: Sequence[Callable[..., None]] = (), *, form: str = "relevance"
+    ) -> Iterator[Any]:
+        """Attach the rules to ``model`` inside a ``with`` block (in ``form``, see :meth:`LayerMapping.applied`)."""
         from zplug.engine import attach_rules
+        from zplug.engine.gradient_form import model_boundaries
 
-        with attach_rules(model, self.rules, observers=tuple(observers)):
-            yield model
+        with attach_rules(model, self.rules, observers=tuple(observers), form=form):
+            if form == "gradient":
+                with model_boundaries(model):
+                    yield model
+            else:
+                yield model
 
 
 def as_mapping(mapping: Any) -> Any:
