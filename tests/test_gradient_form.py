@@ -154,7 +154,7 @@ def test_fused_attention_keeps_no_length_by_length_tensor_and_runs_the_fused_ker
     assert len(calls) == 1  # the forward pass
     with zplug.attach_rules(model, rules):
         torch.autograd.grad(model(x), x, torch.ones_like(out))
-    assert len(calls) == 3  # and the backward pass, again
+    assert len(calls) == 2  # one more forward pass; the backward pass differentiates the kernel's own graph
 
 
 def test_the_ledger_sees_the_inner_rules_of_fused_attention():

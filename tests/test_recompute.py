@@ -109,12 +109,13 @@ def test_an_error_inside_a_recomputed_module_names_the_inner_layer_and_restores_
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-def test_attnlrp_gives_attention_fused_attention_and_cp_lrp_recompute():
+def test_attnlrp_and_cp_lrp_give_attention_fused_attention():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.TransformerEncoderLayer(6, 2, 12, dropout=0.0, batch_first=True)).eval()
-    for preset, rule in (("attnlrp", "fused_attention"), ("cp_lrp", "recompute")):
+    for preset, to in (("attnlrp", "all"), ("cp_lrp", "value")):
         mapping = zplug.resolve(model, preset)
-        assert mapping["0.self_attn.attention"].rule_name == rule
+        assert mapping["0.self_attn.attention"].rule_name == "fused_attention"
+        assert mapping["0.self_attn.attention"].rule.to == to
         assert mapping["0.self_attn.attention.softmax"].rule_name == "softmax"
         assert not mapping.coverage.uncovered
 

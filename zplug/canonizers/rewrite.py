@@ -128,12 +128,21 @@ def _signature(module: torch.nn.Module, canonizer: str) -> tuple:
     """What the check depends on besides the input: the canonizer, the modules, their tensors and versions."""
     # Storage addresses rather than object identities: modules that canonizers add for the duration
     # (new objects every time) then look the same in every application, e.g. the query projection
-    # whose weight is a view of ``in_proj_weight``.
-    tensors = tuple(
-        (t.data_ptr(), t.dtype, tuple(t.shape), t._version) for t in (*module.parameters(), *module.buffers())
-    )
-    children = tuple((name, type(m)) for name, m in module.named_modules())
-    return (canonizer, children, tensors)
+    # whose weight is a view of ``in_proj_weight``. One walk over the module dictionaries (named_modules,
+    # parameters and buffers are generators of generators, several times slower for the same result).
+    tensors, children, seen = [], [], set()
+    stack = [("", module)]
+    while stack:
+        name, current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        children.append((name, type(current)))
+        for table in (current._parameters, current._buffers):
+            tensors.extend((t.data_ptr(), t.dtype, tuple(t.shape), t._version) for t in table.values() if t is not None)
+        prefix = f"{name}." if name else ""
+        stack.extend((prefix + key, child) for key, child in reversed(current._modules.items()) if child is not None)
+    return (canonizer, tuple(children), tuple(tensors))
 
 
 def difference(output: Any, expected: Any) -> str | None:

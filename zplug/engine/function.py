@@ -95,6 +95,8 @@ class LayerCall:
         The floating-point tensor arguments, positional first, then keyword.
     args, kwargs
         The call's arguments (tensors included).
+    state : dict
+        What the rule's :meth:`~zplug.rules.Rule.compute_forward` kept for the backward pass.
     """
 
     def __init__(self, node: Any, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -107,6 +109,8 @@ class LayerCall:
         self._spec: _ArgSpec = node.spec
         self.args, self.kwargs = self._spec.rebuild(inputs)
         self._saved_outputs: tuple = node.outputs
+        #: What the rule's :meth:`~zplug.rules.Rule.compute_forward` kept for the backward pass (a dict).
+        self.state: dict = node.state
         self._op: LayerOp | None = None
 
     @property
@@ -159,8 +163,9 @@ class _RuleFunction(torch.autograd.Function):
         # A recomputed forward in training mode must draw the same random numbers (dropout) again.
         rng_state = _random_state(tensors) if binding.recomputes and binding.module.training else None
         args, kwargs = spec.rebuild(tensors)
+        ctx.state = {}
         if binding.computes_forward:
-            output = binding.rule.compute_forward(binding.module, binding.original_forward, args, kwargs)
+            output = binding.rule.compute_forward(binding.module, binding.original_forward, args, kwargs, ctx.state)
         else:
             output = binding.original_forward(*args, **kwargs)
         outs = output if isinstance(output, tuple) else (output,)

@@ -67,10 +67,11 @@ class FusedAttention(Recompute):
     ``g = R / stab(out)`` (``to="all"``), or ``R_v = v * J_v^T g`` alone (``to="value"``). This is the
     uniform product rule on ``q @ k^T`` and ``attn @ v`` with no stabiliser inside attention and the
     softmax rule in between (``to="value"``: exactly the inner rules). The forward pass runs the fused
-    kernel and keeps only ``q``, ``k``, ``v``; the backward pass runs it again (the same kernel gives the
-    same output) and differentiates it. Calls the kernel cannot compute (attention weights asked for,
-    dropout, half precision), and every call while the ledger watches, get ``recompute``: the rules of
-    the modules inside, which differ from the fused computation only by their stabilisers.
+    kernel and keeps what its backward needs (``q``, ``k``, ``v``, the output and one log-sum-exp per row,
+    no ``length x length`` tensor); the backward pass differentiates it. Calls the kernel cannot compute
+    (attention weights asked for, dropout, half precision), and every call while the ledger watches, get
+    ``recompute``: the rules of the modules inside, which differ from the fused computation only by their
+    stabilisers.
     """
 
     name = "fused_attention"
@@ -93,10 +94,20 @@ class FusedAttention(Recompute):
         shares = attention_shares(*inputs[:3], self.to)
         return tuple(i for i in range(3) if shares[i])
 
-    def compute_forward(self, module, forward, args, kwargs):
-        """The fused kernel's output where the module offers it, else the module's forward."""
+    def compute_forward(self, module, forward, args, kwargs, state):
+        """The fused kernel's output where the module offers it (its graph kept for the backward pass)."""
         fused = getattr(module, "fused", None)
-        output = None if fused is None else fused(*args, **kwargs)
+        output = None
+        if fused is not None and len(args) >= 3 and all(isinstance(t, torch.Tensor) for t in args[:3]):
+            shares = attention_shares(*args[:3], self.to)
+            # The kernel's own graph: its backward needs its output and log-sum-exp, which a second forward in
+            # the backward pass would otherwise compute again.
+            with torch.enable_grad():
+                leaves = [t.detach().requires_grad_(bool(shares[i])) for i, t in enumerate(args[:3])]
+                output = fused(*leaves, *args[3:], **kwargs)
+            if output is not None:
+                state["graph"] = (leaves, output)
+                output = output.detach()
         return forward(*args, **kwargs) if output is None else output
 
     def backward(self, call, grad_outputs):
@@ -118,14 +129,18 @@ class FusedAttention(Recompute):
         if not wanted:
             return tuple(relevance)
         create_graph = torch.is_grad_enabled()
+        graph = call.state.pop("graph", None)  # used once: a second backward pass runs the kernel again
         with torch.enable_grad():
-            leaves = [x if (create_graph and x.requires_grad) else x.detach().requires_grad_(i in wanted)
-                      for i, x in enumerate((q, k, v))]
-            args, kwargs = call.rebuild((*leaves, *call.inputs[3:]))
-            out = fused(*args, **kwargs)
+            if graph is not None and not create_graph:
+                leaves, out = graph
+            else:
+                leaves = [x if (create_graph and x.requires_grad) else x.detach().requires_grad_(i in wanted)
+                          for i, x in enumerate((q, k, v))]
+                args, kwargs = call.rebuild((*leaves, *call.inputs[3:]))
+                out = fused(*args, **kwargs)
             if out is None:  # a call the kernel cannot compute: its forward pass ran the module's own forward
                 return Recompute.backward(self, call, grad_outputs)
-            # The kernel gives the forward pass's output again (it made the relevance above), here differentiable.
+            # The forward pass's output (it made the relevance above), or the same kernel's again: differentiable.
             detached = out if create_graph else out.detach()
             if gradient:
                 scaled = _stabilize.gradient_scaled(grad_outputs[0], self.epsilon, detached)

@@ -98,7 +98,7 @@ class Rule(Part):
     #: then lets the rule compute the module's output in the forward pass.
     computes_forward: ClassVar[bool] = False
 
-    def compute_forward(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict):
+    def compute_forward(self, module: torch.nn.Module, forward, args: tuple, kwargs: dict, state: dict):
         """Compute the module's output in the forward pass (no autograd recording); the default runs ``forward``.
 
         A rule whose :meth:`backward` does not depend on how the output was computed may compute the
@@ -113,6 +113,9 @@ class Rule(Part):
             Its forward (the class's, or one a canonizer installed).
         args, kwargs
             The call's arguments.
+        state : dict
+            Empty; what the rule puts there, the backward pass finds in :attr:`LayerCall.state` (and it
+            is kept until then: keep only what the backward pass needs).
         """
         return forward(*args, **kwargs)
 

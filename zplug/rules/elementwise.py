@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from zplug._lazy import lazy_module
@@ -33,6 +35,12 @@ def _check_shape(call, x: torch.Tensor, relevance: torch.Tensor, rule: str) -> N
 
 def _ratio_times(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``grad * out / x``, with 0 where ``x`` is 0 (there the relevance ``x * G`` is 0 whatever ``G`` is)."""
+    if not torch.is_grad_enabled() and x.device.type == "cpu" and out.dtype == x.dtype == grad.dtype:
+        # Without a zero in x the quotient is finite (unless G is not): a finite sum proves there was none, in
+        # one read instead of a comparison and two masked copies. (CPU only: on a GPU the check would wait.)
+        product = torch.div(out, x).mul_(grad)
+        if math.isfinite(product.sum().item()):
+            return product
     zero = x == 0
     ratio = out / x.masked_fill(zero, 1.0)
     return (grad * ratio).masked_fill_(zero, 0.0)
