@@ -274,36 +274,31 @@ READING = (
     "Reading: LXT's relevance is the input times a gradient whose local derivatives it changes (GELU's by "
     "out/in, LayerNorm's with the standard deviation detached, query and key stopped for CP-LRP or divided "
     "for AttnLRP); dense layers and residual sums keep their plain gradient, because LRP-0 is input × "
-    "gradient there. zplug applies each layer's rule to the relevance itself, with Zennit's numbers for "
-    "any epsilon: every dense layer and residual sum divides the relevance by its stabilised stored output "
-    "(sign, add, divide, and a sum that proves no denominator was zero) and multiplies by its input, about "
-    "five element-wise passes the gradient does not make. What zplug saves instead: no rule runs where no "
-    "relevance arrives (CP-LRP's query and key projections and scores), LayerNorm's rule is a closed form "
-    "without a re-run, and the compiled rewrites are kept between applications. Before these savings (the "
-    "same script on older code, vit_b_16 at batch 1) zplug took 1.26× (attnlrp) and 1.30× (cp_lrp) LXT's CPU "
-    "time.",
+    "gradient there. zplug computes the same relevance in two ways. In relevance form (the default, Zennit's "
+    "numbers for any epsilon; here epsilon 1e-12) every dense layer and residual sum divides the relevance by "
+    "its stabilised stored output and multiplies by its input, about five element-wise passes a gradient does "
+    "not make, and keeps its output for that. In gradient form (`form=\"gradient\"`, here with epsilon 0, which "
+    "is LRP-0 as in LXT) the backward pass carries relevance divided by the activation: dense layers, sums and "
+    "the softmax then keep their own gradient, with no rule node and nothing kept beyond what autograd keeps, "
+    "and only LayerNorm, GELU and attention run rules, as in LXT.",
     "",
-    "Memory: each layer's attention is one module with the `recompute` rule, so the scores and weights the "
-    "AttnLRP rules need are not kept for the backward pass but computed again there, one layer at a time "
-    "(without it, attnlrp kept two heads × 197 × 197 tensors per layer, about 360 MB more at batch 8; the "
-    "extra attention forward costs about 4-9 % of the time at batch 1). The forward pass computes attention "
-    "with the same explicit modules as the recomputation: with torch's fused kernel there (as the language "
-    "models' attention does) it was about 10 % faster at batch 1, but its values differ from the recomputed "
-    "ones by round-off, which moved the relevance of some images by up to 1.7e-3 relative (where outputs are "
-    "near zero, the rule above divides by one value and the rule inside by the other). "
-    "What zplug still keeps beyond LXT is what "
-    "the residual sums' rule needs: the branch output of every residual sum (the attention and MLP outputs, "
-    "two batch × 197 × 768 tensors per layer, 111 MB at batch 8), where the gradient of a sum needs nothing. "
-    "The memory column is the peak of live tensors (every allocation of 64 KiB or more mapped on its own, see "
-    "the script); with glibc's default allocator the same call's resident peak moved by up to 150 MB between "
-    "processes, which had put LXT above zplug in earlier runs. Both remaining gaps would close if relevance "
-    "travelled between layers as a gradient (input ⊙ g): dense layers and sums would then cost no passes and "
-    "keep no outputs, which the engine's contract (rules and the ledger see relevance) does not do.",
+    "Attention: both presets give each layer's attention module the `fused_attention` rule, which runs torch's "
+    "fused attention kernel in the forward pass and differentiates the kernel's own graph in the backward pass "
+    "(q, k, v, the output and one log-sum-exp per row are kept; no 197 × 197 tensor per head), with AttnLRP's "
+    "quarter/quarter/half shares or everything to the value for CP-LRP. The `recompute` rule that preceded it "
+    "kept only q, k and v but ran the explicit attention again in the backward pass (4-9 % more time at "
+    "batch 1); explicit scores and weights kept for the backward pass cost about 360 MB more at batch 8.",
     "",
-    "Agreement: at batch 8 the largest difference is in one image of the eight (the others below 2e-6), the "
-    "same with and without `recompute`. The machine is a shared 2-core VM with other jobs running: wall times "
-    "include waiting for a core and vary by ±20 % between runs, so single ratios near a threshold can flip; "
-    "CPU times are steadier.",
+    "Memory is the peak of live tensors (every allocation of 64 KiB or more mapped on its own, see the script). "
+    "Relevance form keeps what the residual sums' and dense layers' rules divide by (the branch outputs of "
+    "the residual sums, two batch × 197 × 768 tensors per layer); gradient form keeps what LXT keeps. With "
+    "glibc's default allocator the same call's resident peak moved by up to 150 MB between processes.",
+    "",
+    "Agreement: differences to LXT are float32 round-off (both forms, same formulas); at batch 8 one image of "
+    "the eight can differ more where outputs are near zero. The machine is a shared 2-core VM with other jobs "
+    "running: wall times include waiting for a core and vary by ±20 % between runs, and CPU times by about "
+    "±5 %, so ratios within that of 1.0 are ties; the profile of the work besides the matrix products "
+    "(same in all variants) is steadier.",
 )
 
 

@@ -15,6 +15,7 @@ from zplug.rules.base import (
     relevance_total,
     to_names,
 )
+from zplug.rules.attention import FusedAttention
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 from zplug.rules.recompute import Recompute
@@ -42,6 +43,7 @@ __all__ = (
     "Epsilon",
     "Flat",
     "FrozenScale",
+    "FusedAttention",
     "Gamma",
     "Norm",
     "Pass",
