@@ -1,5 +1,6 @@
 """Rules: how a layer distributes the relevance of its outputs over its inputs."""
 
+from zplug.rules.attention import FusedAttention
 from zplug.rules.base import (
     Absorption,
     Rule,
@@ -15,7 +16,6 @@ from zplug.rules.base import (
     relevance_total,
     to_names,
 )
-from zplug.rules.attention import FusedAttention
 from zplug.rules.elementwise import Pass, ReLUBetaSmooth, ReLUDeconvNet, ReLUGuidedBackprop
 from zplug.rules.lrp import AlphaBeta, Epsilon, Flat, Gamma, Norm, WSquare, ZBox, ZPlus
 from zplug.rules.recompute import Recompute
