@@ -288,3 +288,34 @@ def test_explain_in_gradient_form_gives_the_relevance_of_relevance_form():
     torch.testing.assert_close(found.relevance, expected.relevance, rtol=1e-12, atol=1e-14)
     with pytest.raises(RelevanceError, match="observers \\(the ledger\\) see relevance"):
         zplug.explain(model, x, 1, mapping=residual_rules(1e-6), form="gradient", ledger=True)
+
+
+EPSILON_ONLY = """
+schema = 1
+summary = "epsilon everywhere (test)"
+extends = "epsilon_plus"
+
+[[layer_map]]
+types = ["convolution"]
+rule = { name = "epsilon", epsilon = { param = "epsilon" } }
+"""
+
+
+# A zero stabiliser divides 0 by 0 in relevance form where a pooled ReLU output is 0 (NaN, as in Zennit); gradient
+# form has no division there. Relevance form with 1e-30 is its limit.
+@pytest.mark.parametrize(("epsilon", "epsilon_in_gradient_form"), [(1e-30, 0.0), (0.01, 0.01)])
+def test_a_resnet_with_merged_batchnorm_and_residual_sums_in_both_forms(tmp_path, epsilon, epsilon_in_gradient_form):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(11)
+    model = resnet18(num_classes=5).to(DT).eval()
+    preset = tmp_path / "epsilon_only.toml"
+    preset.write_text(EPSILON_ONLY)
+    x = torch.randn(2, 3, 32, 32, dtype=DT)
+    results = {}
+    for form, value in (("relevance", epsilon), ("gradient", epsilon_in_gradient_form)):
+        mapping = zplug.resolve(model, str(preset), epsilon=value, stabilizer=value)
+        assert [c.name for c in mapping.canonizers] == ["resnet"]  # merges BatchNorm, routes the residual sums
+        results[form] = zplug.explain(model, x, 2, mapping=mapping, form=form).relevance
+    torch.testing.assert_close(results["gradient"], results["relevance"], rtol=1e-10,
+                               atol=1e-10 * float(results["relevance"].abs().max()))
