@@ -120,6 +120,26 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path):
     assert (result.returncode, result.stdout, result.stderr) == (2, "", message)
 
 
+# -- gradient form ---------------------------------------------------------------------------------
+def test_gradient_form_gives_the_relevance_of_relevance_form(registry, capsys, tmp_path):
+    file = SAMPLES / "circle" / "circle_0.png"
+    for form in ("relevance", "gradient"):
+        status, out, err = run(capsys, str(file), "--model", "demo_vit", "--preset", "cp_lrp", "--form", form,
+                               "--out", str(tmp_path / form), "--save-relevance", "--sheet-limit", "0")
+        assert (status, err) == (0, "")
+    found = np.load(tmp_path / "gradient" / "relevance" / "00_circle_0.npy")
+    assert_close(found, np.load(tmp_path / "relevance" / "relevance" / "00_circle_0.npy"))
+
+
+def test_gradient_form_names_a_rule_without_one(registry, capsys, tmp_path):
+    file = SAMPLES / "circle" / "circle_0.png"
+    status, out, err = run(capsys, str(file), "--demo", "--preset", "epsilon_plus", "--form", "gradient",
+                           "--out", str(tmp_path / "out"))
+    assert status == 2
+    assert err.startswith("zplug: error: gradient form: rule 'zplus' on layer ")
+    assert err.endswith("has no gradient form; apply the mapping in relevance form\n")
+
+
 # -- input forms ---------------------------------------------------------------------------------
 def test_single_file_is_unlabelled(registry, capsys, tmp_path):
     file = SAMPLES / "triangle" / "triangle_1.png"

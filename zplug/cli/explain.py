@@ -85,6 +85,9 @@ def add_parser(subparsers) -> None:
     group.add_argument("--strict", action="store_true",
                        help="fail if a module with parameters gets no rule or an operation is not covered")
     group.add_argument("--ledger", action="store_true", help="print the conservation ledger of each batch")
+    group.add_argument("--form", choices=("relevance", "gradient"), default="relevance",
+                       help="what the backward pass carries between layers: relevance (default) or relevance "
+                       "divided by the activation (gradient: faster, less memory; every rule needs a gradient form)")
     group.add_argument("--seed", type=int, default=0,
                        help="random seed; batch b uses seed+b (noise of smoothgrad), so sharding does not change it")
 
@@ -583,7 +586,7 @@ def explain_batch(plan: Plan, number: int, first: int, batch: list):
     torch.manual_seed(args.seed + number)
     try:
         result = explain(plan.model, x, target, attributor=plan.attributor, mapping=plan.mapping, ledger=args.ledger,
-                         output_index=args.output_index)
+                         output_index=args.output_index, form=args.form)
     except (torch.OutOfMemoryError, MemoryError):
         raise CommandError(
             f"out of memory while explaining inputs {batch[0][0]}-{batch[-1][0]}; lower --batch-size or the image "
