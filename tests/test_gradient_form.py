@@ -274,9 +274,11 @@ def test_a_model_that_returns_a_dict_is_refused_in_gradient_form():
             return {"logits": self.linear(x)}
 
     model = Dict().to(DT)
-    with zplug.attach_rules(model, {"linear": Epsilon(epsilon=0.1)}, form="gradient"), model_boundaries(model):
-        with pytest.raises(RelevanceError, match="returned a dict; gradient form needs a tensor"):
+    with pytest.raises(RelevanceError, match="returned a dict; gradient form needs a tensor"):
+        with zplug.attach_rules(model, {"linear": Epsilon(epsilon=0.1)}, form="gradient"), model_boundaries(model):
             model(torch.randn(1, 3, dtype=DT, requires_grad=True))
+    assert not model._forward_hooks and not model._forward_pre_hooks  # removed, also after the error
+    assert "forward" not in model.linear.__dict__
 
 
 def test_explain_in_gradient_form_gives_the_relevance_of_relevance_form():
