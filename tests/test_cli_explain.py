@@ -121,10 +121,11 @@ def test_errors_are_one_line_with_exit_status_2(tmp_path):
 
 
 # -- gradient form ---------------------------------------------------------------------------------
-def test_gradient_form_gives_the_relevance_of_relevance_form(registry, capsys, tmp_path):
+@pytest.mark.parametrize(("model", "preset"), [("demo_vit", "cp_lrp"), ("demo", "epsilon_plus")])
+def test_gradient_form_gives_the_relevance_of_relevance_form(registry, capsys, tmp_path, model, preset):
     file = SAMPLES / "circle" / "circle_0.png"
     for form in ("relevance", "gradient"):
-        status, out, err = run(capsys, str(file), "--model", "demo_vit", "--preset", "cp_lrp", "--form", form,
+        status, out, err = run(capsys, str(file), "--model", model, "--preset", preset, "--form", form,
                                "--out", str(tmp_path / form), "--save-relevance", "--sheet-limit", "0")
         assert (status, err) == (0, "")
     found = np.load(tmp_path / "gradient" / "relevance" / "00_circle_0.npy")
@@ -133,10 +134,10 @@ def test_gradient_form_gives_the_relevance_of_relevance_form(registry, capsys, t
 
 def test_gradient_form_names_a_rule_without_one(registry, capsys, tmp_path):
     file = SAMPLES / "circle" / "circle_0.png"
-    status, out, err = run(capsys, str(file), "--demo", "--preset", "epsilon_plus", "--form", "gradient",
+    status, out, err = run(capsys, str(file), "--demo", "--preset", "epsilon_plus_flat", "--form", "gradient",
                            "--out", str(tmp_path / "out"))
     assert status == 2
-    assert err.startswith("zplug: error: gradient form: rule 'zplus' on layer ")
+    assert err.startswith("zplug: error: gradient form: rule 'flat' on layer ")
     assert err.endswith("has no gradient form; apply the mapping in relevance form\n")
 
 

@@ -9,7 +9,19 @@ import zplug
 from zplug.engine.gradient_form import model_boundaries
 from zplug.errors import RelevanceError, SpecError
 from zplug.layers import Mul, ScaledDotProductAttention, Sum
-from zplug.rules import Epsilon, FrozenScale, Norm, Pass, Product, Recompute, Softmax, ZPlus
+from zplug.rules import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    FrozenScale,
+    Gamma,
+    Norm,
+    Pass,
+    Product,
+    Recompute,
+    Softmax,
+    ZPlus,
+)
 from zplug.rules.attention import FusedAttention
 
 DT = torch.float64
@@ -66,6 +78,18 @@ def test_every_rule_of_a_residual_block_gives_the_same_relevance_in_both_forms(e
     torch.manual_seed(0)
     model = Residual().to(DT)
     assert_same_in_both_forms(model, torch.randn(4, 6, dtype=DT), residual_rules(epsilon, to))
+
+
+@pytest.mark.parametrize(
+    "rule", [ZPlus(), AlphaBeta(alpha=2.0, beta=1.0), Gamma(gamma=0.25), Gamma(gamma=0.25, zero_params=["bias"])]
+)
+def test_rules_of_positive_and_negative_contributions_in_both_forms(rule):
+    torch.manual_seed(12)
+    model = Residual().to(DT)
+    rules = residual_rules(1e-6)
+    for name in ("up", "gate_proj", "down"):
+        rules[name] = rule
+    assert_same_in_both_forms(model, torch.randn(4, 6, dtype=DT), rules)
 
 
 def test_zeroed_parameters_give_the_same_relevance_in_both_forms():
@@ -211,10 +235,10 @@ def test_gradient_form_keeps_less_for_the_backward_pass():
 
 def test_a_rule_without_gradient_form_is_refused_by_name():
     model = torch.nn.Sequential(torch.nn.Linear(3, 2)).to(DT)
-    with pytest.raises(RelevanceError) as error, zplug.attach_rules(model, {"0": ZPlus()}, form="gradient"):
+    with pytest.raises(RelevanceError) as error, zplug.attach_rules(model, {"0": Flat()}, form="gradient"):
         pass
     assert str(error.value) == (
-        "gradient form: rule 'zplus' on layer '0' (Linear) has no gradient form; apply the mapping in relevance form"
+        "gradient form: rule 'flat' on layer '0' (Linear) has no gradient form; apply the mapping in relevance form"
     )
     assert "forward" not in model[0].__dict__
 

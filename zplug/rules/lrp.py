@@ -103,6 +103,22 @@ def _plain_if_unstabilized(stabilizer, zero_params: tuple[str, ...] = ()) -> str
     return "plain" if not callable(stabilizer) and stabilizer == 0 and not zero_params else "rule"
 
 
+def _relevance_per_input(rule: Rule, call: LayerCall, grad_outputs: Tensors) -> Tensors:
+    """Gradient form of a rule whose relevance is ``x+ * a + x- * b``: its relevance divided by the input.
+
+    The relevance of such a rule is 0 wherever the input is 0, so dividing loses nothing (0 there).
+    """
+    relevance = rule.backward(call, tuple(g * out for g, out in zip(grad_outputs, call.outputs)))
+    quotients = []
+    for r, x in zip(relevance, call.inputs):
+        if r is None:
+            quotients.append(None)
+            continue
+        zero = x == 0
+        quotients.append((r / x.masked_fill(zero, 1.0)).masked_fill_(zero, 0.0))
+    return tuple(quotients)
+
+
 def _as_tuple(value: torch.Tensor | Tensors) -> Tensors:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,)
 
@@ -262,6 +278,14 @@ class ZPlus(Rule):
         """True: an output without positive contributions passes no relevance on."""
         return True
 
+    def gradient_form(self, module):
+        """:meth:`gradient`."""
+        return "rule"
+
+    def gradient(self, call, grad_outputs):
+        """The relevance divided by the input (0 where the input is 0, where the relevance is 0 too)."""
+        return _relevance_per_input(self, call, grad_outputs)
+
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
@@ -307,6 +331,14 @@ class AlphaBeta(Rule):
         """True for ``beta = 0`` (z+): an output without positive contributions passes no relevance on."""
         return self.beta == 0
 
+    def gradient_form(self, module):
+        """:meth:`gradient`."""
+        return "rule"
+
+    def gradient(self, call, grad_outputs):
+        """The relevance divided by the input (0 where the input is 0, where the relevance is 0 too)."""
+        return _relevance_per_input(self, call, grad_outputs)
+
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""
         relevance = _relevance_out(call, grad_outputs, self.name)
@@ -344,6 +376,14 @@ class Gamma(Rule):
                              check=non_negative)
     stabilizer: float = _stabilizer()
     zero_params: tuple[str, ...] = _zero_params()
+
+    def gradient_form(self, module):
+        """:meth:`gradient`."""
+        return "rule"
+
+    def gradient(self, call, grad_outputs):
+        """The relevance divided by the input (0 where the input is 0, where the relevance is 0 too)."""
+        return _relevance_per_input(self, call, grad_outputs)
 
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""
