@@ -28,7 +28,6 @@ else:
 _stabilize = lazy_module("zplug.engine.stabilize")
 
 
-
 def _check_to(name, value):
     if value not in ("all", "value"):
         raise SpecError(f"parameter '{name}' must be 'all' or 'value' (got {value!r})")
