@@ -345,3 +345,33 @@ def test_a_resnet_with_merged_batchnorm_and_residual_sums_in_both_forms(tmp_path
         results[form] = zplug.explain(model, x, 2, mapping=mapping, form=form).relevance
     torch.testing.assert_close(results["gradient"], results["relevance"], rtol=1e-10,
                                atol=1e-10 * float(results["relevance"].abs().max()))
+
+
+class Shifted(torch.nn.Module):
+    """``Linear(x + c)`` with a constant ``c``: an addition without a rule (the coverage analysis calls it linear)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(0.5, 2.0, 4, dtype=DT))
+        self.linear = torch.nn.Linear(4, 2, bias=False).to(DT)
+
+    def forward(self, x):
+        return self.linear(x + self.offset)
+
+
+def test_an_added_constant_keeps_its_share_in_gradient_form_and_a_warning_says_so(tmp_path):
+    torch.manual_seed(13)
+    model = Shifted()
+    x = torch.randn(3, 4, dtype=DT)
+    preset = tmp_path / "lrp0.toml"
+    preset.write_text('schema = 1\nsummary = "test"\n[[name_map]]\nnames = ["linear"]\n'
+                      'rule = { name = "epsilon", epsilon = 0.0 }\n')
+    mapping = zplug.resolve(model, str(preset))
+    with pytest.warns(zplug.CoverageWarning) as caught:
+        found = zplug.explain(model, x, 1, mapping=mapping, form="gradient").relevance
+    assert [str(w.message) for w in caught] == [
+        "(model): add adds a constant: in gradient form the constant keeps its share of the relevance, as a bias "
+        "does (relevance form gives all of it to the tensor)"
+    ]
+    expected = zplug.explain(model, x, 1, mapping=mapping).relevance  # all of it to x
+    torch.testing.assert_close(found, expected * x / (x + model.offset), rtol=1e-12, atol=1e-14)

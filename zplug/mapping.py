@@ -133,6 +133,8 @@ class LayerMapping(Sequence[MappedModule]):
         self.coverage_key = coverage_key
         self._coverage = coverage
         self._reported: set[str] = set()
+        #: The form of the application in progress (see :meth:`applied`).
+        self._form = "relevance"
         self._by_name = {e.name: e for e in self.entries}
 
     # -- sequence / lookup --------------------------------------------------------------------
@@ -225,6 +227,11 @@ class LayerMapping(Sequence[MappedModule]):
 
             report(coverage if known else Coverage(), preset=self.label, model_type=self.model_type, notes=notes,
                    strict=self.strict)
+        if self._form == "gradient" and coverage is not None and coverage.analysed and "shifts" not in self._reported:
+            self._reported.add("shifts")
+            from zplug.coverage import report_gradient_form
+
+            report_gradient_form(coverage)
 
     @property
     def label(self) -> str:
@@ -288,6 +295,7 @@ class LayerMapping(Sequence[MappedModule]):
             In gradient form, if a rule has none or observers are given.
         """
         with self._applied(model, observers, form):
+            previous, self._form = self._form, form
             self.report_coverage()
             recorder = None
             if self._coverage is not None and not self._coverage.analysed:
@@ -303,6 +311,7 @@ class LayerMapping(Sequence[MappedModule]):
                 else:
                     yield model
             finally:
+                self._form = previous
                 if recorder is not None:
                     recorder.remove()
 

@@ -357,6 +357,21 @@ def report(
         warnings.warn(f"{line}: not covered by {preset}, its plain gradient is used", CoverageWarning, stacklevel=level)
 
 
+def report_gradient_form(coverage: Coverage) -> None:
+    """Warn about each addition of a constant, which gradient form treats like a bias (see ``zplug.engine``)."""
+    from zplug.coverage.treatments import SHIFT
+
+    level = _user_stacklevel()
+    for op in coverage.operations:
+        if op.kind == LINEAR and op.detail == SHIFT.summary:
+            warnings.warn(
+                f"{op.where or '(model)'}: {op.op}{_times(op.calls)} adds a constant: in gradient form the constant "
+                "keeps its share of the relevance, as a bias does (relevance form gives all of it to the tensor)",
+                CoverageWarning,
+                stacklevel=level,
+            )
+
+
 def strict_message(found: Sequence[str], *, preset: str, model_type: str) -> str:
     """The one-line :class:`CoverageError` message for the uncovered operations ``found``."""
     return (
@@ -413,6 +428,7 @@ __all__ = (
     "passes_relevance",
     "problems",
     "report",
+    "report_gradient_form",
     "rules_key",
     "strict_message",
     "structure_key",

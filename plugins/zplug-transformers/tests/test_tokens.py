@@ -206,3 +206,21 @@ def test_the_mapping_is_resolved_once_per_model_preset_and_parameters():
     scale = float(first.relevance.abs().max())
     torch.testing.assert_close(sdpa.relevance, first.relevance, rtol=1e-4, atol=1e-4 * scale)
     assert explain_tokens(tiny("gpt2"), ids, preset="attnlrp").mapping is not first.mapping
+
+
+# -- gradient form ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_gradient_form_gives_the_relevance_of_relevance_form(family, preset):
+    """Rotary models add no constant to the embeddings: both forms give the same relevance."""
+    model, ids = tiny(family, "sdpa"), token_ids(2, 6)
+    expected = explain_tokens(model, ids, preset=preset, epsilon=0, stabilizer=0)
+    found = explain_tokens(model, ids, preset=preset, epsilon=0, stabilizer=0, form="gradient")
+    scale = float(expected.relevance.abs().max())
+    torch.testing.assert_close(found.relevance, expected.relevance, rtol=1e-7, atol=1e-7 * scale)
+
+
+def test_gradient_form_says_that_position_embeddings_keep_a_share():
+    model, ids = tiny("gpt2", "sdpa"), token_ids(2, 6)
+    with pytest.warns(zplug.CoverageWarning, match=r"^transformer: add adds a constant: in gradient form"):
+        explain_tokens(model, ids, preset="cp_lrp", epsilon=0, stabilizer=0, form="gradient")

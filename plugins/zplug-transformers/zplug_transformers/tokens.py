@@ -83,6 +83,7 @@ def explain_tokens(
     progress: Any = None,
     strict: bool = False,
     canonizers: Any = None,
+    form: str = "relevance",
     **params: Any,
 ) -> TokenExplanation:
     """Explain one logit of a Hugging Face model per sample, token by token.
@@ -107,7 +108,7 @@ def explain_tokens(
         1 for tokens, 0 for padding (``None``: all ones, or the tokenizer's mask).
     tokenizer : transformers tokenizer or None
         Needed for texts and token-string targets; fills :attr:`TokenExplanation.tokens`.
-    preset, attributor, mapping, ledger, progress, strict, canonizers, **params
+    preset, attributor, mapping, ledger, progress, strict, canonizers, form, **params
         As in :func:`zplug.explain`: the preset (``"attnlrp"`` or ``"cp_lrp"``; ``None`` for
         gradient times input) and its parameters (``epsilon``, ``stabilizer``, ...).
     output_index : None
@@ -150,6 +151,7 @@ def explain_tokens(
         stack.attribute(model, "forward", call.selected)
         result = zplug.explain(
             model, embeddings, chooser, attributor=attributor, mapping=mapping, ledger=ledger, progress=progress,
+            form=form,
             **bound.attributor_params,
         )  # fmt: skip
     relevance = result.relevance
