@@ -14,7 +14,8 @@ Rules declare their gradient form (:meth:`zplug.rules.Rule.gradient_form`); a ma
 rule has none cannot be applied in gradient form. Operations without a rule keep their plain
 gradient in both forms, which is the same relevance for the operations the coverage analysis calls
 linear (copies, reshapes, masks), except one: an added constant (``x + c``) passes all relevance to
-``x`` in relevance form, and keeps its share ``c / (x + c)`` in gradient form, as a bias does.
+``x`` in relevance form, and keeps its share ``c / (x + c)`` in gradient form, as a bias does (the
+mapping warns about each such addition once its coverage is known).
 """
 
 from __future__ import annotations
