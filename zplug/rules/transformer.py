@@ -153,6 +153,15 @@ class FrozenScale(Rule):
         converter=to_names,
     )
 
+    def compute_forward(self, module, forward, args, kwargs, state):
+        """``torch.nn.LayerNorm``: ``native_layer_norm``, whose scale the backward pass then reuses."""
+        if not _plain_layer_norm_call(module, forward, args, kwargs):
+            return forward(*args, **kwargs)
+        output, _, state["inverse_std"] = torch.native_layer_norm(
+            args[0], module.normalized_shape, module.weight, module.bias, module.eps
+        )
+        return output
+
     def backward(self, call, grad_outputs):
         """Return the relevance of the input (see the class docstring)."""
         return (self._propagate(call, grad_outputs, gradient=False),)
@@ -218,8 +227,11 @@ class FrozenScale(Rule):
             scaled = scaled.mul_(weight) if inplace else scaled * weight
         mean = scaled.mean(dim=dims, keepdim=True)
         centred = scaled.sub_(mean) if inplace else scaled - mean
-        # The scale as the forward computed it (``native_layer_norm`` returns it; ``var`` is slower on CPU).
-        inverse_std = torch.native_layer_norm(x.detach(), module.normalized_shape, None, None, module.eps)[2]
+        # The scale as the forward computed it (kept by compute_forward; else ``native_layer_norm`` again, which
+        # returns it: ``var`` is slower on CPU).
+        inverse_std = call.state.get("inverse_std")
+        if inverse_std is None:
+            inverse_std = torch.native_layer_norm(x.detach(), module.normalized_shape, None, None, module.eps)[2]
         if gradient:
             return centred.mul_(inverse_std) if inplace else centred * inverse_std
         if inplace:
@@ -229,13 +241,17 @@ class FrozenScale(Rule):
 
 def _plain_layer_norm(call) -> bool:
     """True for a one-tensor call of a ``torch.nn.LayerNorm`` running ``torch.nn.LayerNorm.forward`` itself."""
-    forward = call.binding.original_forward  # the forward the rule stands in for (a canonizer's, or the class's)
+    # The forward the rule stands in for: a canonizer's, or the class's.
+    return _plain_layer_norm_call(call.module, call.binding.original_forward, call.args, call.kwargs)
+
+
+def _plain_layer_norm_call(module, forward, args: tuple, kwargs: dict) -> bool:
     return (
-        isinstance(call.module, torch.nn.LayerNorm)
+        isinstance(module, torch.nn.LayerNorm)
         and getattr(forward, "__func__", None) is torch.nn.LayerNorm.forward
-        and getattr(forward, "__self__", None) is call.module
-        and len(call.args) == 1
-        and not call.kwargs
+        and getattr(forward, "__self__", None) is module
+        and len(args) == 1
+        and not kwargs
     )
 
 
