@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from zplug.errors import RelevanceError
+from zplug.errors import RelevanceError, SpecError
 
 FORMS = ("relevance", "gradient")
 
@@ -113,8 +113,6 @@ def model_boundaries(model: torch.nn.Module) -> Iterator[None]:
 def check_form(form: str) -> str:
     """Return ``form`` if it is ``"relevance"`` or ``"gradient"``; raise a SpecError otherwise."""
     if form not in FORMS:
-        from zplug.errors import SpecError
-
         raise SpecError(f"form must be 'relevance' or 'gradient' (got {form!r})")
     return form
 

@@ -17,28 +17,15 @@ from typing import TYPE_CHECKING
 import attrs
 
 from zplug._lazy import lazy_module
-from zplug.errors import SpecError
 from zplug.rules.base import non_negative_or_callable, parameter
 from zplug.rules.recompute import Recompute
+from zplug.rules.transformer import _carries, _check_to, product_weights
 
 if TYPE_CHECKING:
     import torch
 else:
     torch = lazy_module("torch")
 _stabilize = lazy_module("zplug.engine.stabilize")
-
-
-def _check_to(name, value):
-    if value not in ("all", "value"):
-        raise SpecError(f"parameter '{name}' must be 'all' or 'value' (got {value!r})")
-
-
-def _product_weights(carries: tuple[bool, bool], value: int | None, to: str) -> tuple[float, float]:
-    """The product rule's weights of two operands (see :class:`zplug.rules.Product`)."""
-    count = sum(carries)
-    if count <= 1 or to == "all":
-        return tuple(1.0 / count if c else 0.0 for c in carries)
-    return tuple(1.0 if (i == value and c) else 0.0 for i, c in enumerate(carries))
 
 
 def attention_shares(q, k, v, to: str) -> tuple[float, float, float]:
@@ -48,12 +35,10 @@ def attention_shares(q, k, v, to: str) -> tuple[float, float, float]:
     operand) for ``q`` and ``k``: a quarter, a quarter and a half when all three carry relevance and
     ``to="all"``; an operand that alone carries relevance in its product gets all of that product's.
     """
-    from zplug.rules.transformer import _carries
-
     cq, ck, cv = _carries(q), _carries(k), _carries(v)
-    w_attn, w_v = _product_weights((cq or ck, cv), 1, to)
-    w_q, w_k = _product_weights((cq, ck), None, to) if (cq or ck) else (0.0, 0.0)
-    return (w_attn * w_q, w_attn * w_k, w_v)
+    context = product_weights([i for i, c in enumerate((cq or ck, cv)) if c], 1, to)  # (attn, v), value v
+    scores = product_weights([i for i, c in enumerate((cq, ck)) if c], None, to)  # (q, k^T), no value operand
+    return (context.get(0, 0.0) * scores.get(0, 0.0), context.get(0, 0.0) * scores.get(1, 0.0), context.get(1, 0.0))
 
 
 @attrs.frozen(kw_only=True)

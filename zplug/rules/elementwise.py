@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import attrs
 
 from zplug._lazy import lazy_module
@@ -11,6 +9,7 @@ from zplug.errors import RelevanceError
 from zplug.rules.base import Rule, number, parameter
 
 torch = lazy_module("torch")  # imported when a rule first computes relevance, not to declare the rules
+_stabilize = lazy_module("zplug.engine.stabilize")
 
 
 def _single(call, grad_outputs, rule: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,19 +30,6 @@ def _check_shape(call, x: torch.Tensor, relevance: torch.Tensor, rule: str) -> N
             f"rule '{rule}' needs input and output of the same shape; layer '{call.name}' maps "
             f"{tuple(x.shape)} to {tuple(relevance.shape)}"
         )
-
-
-def _ratio_times(grad: torch.Tensor, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``grad * out / x``, with 0 where ``x`` is 0 (there the relevance ``x * G`` is 0 whatever ``G`` is)."""
-    if not torch.is_grad_enabled() and x.device.type == "cpu" and out.dtype == x.dtype == grad.dtype:
-        # Without a zero in x the quotient is finite (unless G is not): a finite sum proves there was none, in
-        # one read instead of a comparison and two masked copies. (CPU only: on a GPU the check would wait.)
-        product = torch.div(out, x).mul_(grad)
-        if math.isfinite(product.sum().item()):
-            return product
-    zero = x == 0
-    ratio = out / x.masked_fill(zero, 1.0)
-    return (grad * ratio).masked_fill_(zero, 0.0)
 
 
 @attrs.frozen(kw_only=True)
@@ -80,7 +66,8 @@ class Pass(Rule):
                 _check_shape(call, x, g, self.name)
         else:
             pairs = [_single(call, grad_outputs, self.name)]
-        return tuple(_ratio_times(g, out, x) for (x, g), out in zip(pairs, call.outputs))
+        # 0 where the input is 0: there the relevance x * G is 0 whatever G is
+        return tuple(_stabilize.divide_where_nonzero(g * out, x) for (x, g), out in zip(pairs, call.outputs))
 
 
 @attrs.frozen(kw_only=True)

@@ -109,14 +109,7 @@ def _relevance_per_input(rule: Rule, call: LayerCall, grad_outputs: Tensors) -> 
     The relevance of such a rule is 0 wherever the input is 0, so dividing loses nothing (0 there).
     """
     relevance = rule.backward(call, tuple(g * out for g, out in zip(grad_outputs, call.outputs)))
-    quotients = []
-    for r, x in zip(relevance, call.inputs):
-        if r is None:
-            quotients.append(None)
-            continue
-        zero = x == 0
-        quotients.append((r / x.masked_fill(zero, 1.0)).masked_fill_(zero, 0.0))
-    return tuple(quotients)
+    return tuple(None if r is None else _stabilize.divide_where_nonzero(r, x) for r, x in zip(relevance, call.inputs))
 
 
 def _as_tuple(value: torch.Tensor | Tensors) -> Tensors:

@@ -415,14 +415,11 @@ class Product(Rule):
 
     def backward(self, call, grad_outputs):
         """Return the relevance of each input (see the class docstring)."""
-        from zplug.functional_layers import MatMul, Mul
+        from zplug.functional_layers import MatMul
 
         relevance = _relevance_out(call, grad_outputs, self.name)
         module = call.module
-        known = isinstance(module, (MatMul, Mul)) and not call.kwargs
-        operands = call.args if known else call.inputs
-        carriers = [i for i, operand in enumerate(operands) if _carries(operand)]
-        weights = self._weights(module, carriers)
+        known, operands, weights = self._operands(call)
         shares: dict[int, torch.Tensor] = {}
         if weights:
             scaled = divide_stabilized(relevance, self.epsilon, call.output)
@@ -436,10 +433,7 @@ class Product(Rule):
                     shares[index] = _matmul_share(module, scaled, operands, index, weight)
                 else:
                     shares[index] = _mul_share(scaled, operands, index, weight)
-        if not known:
-            return tuple(shares.get(i) for i in range(len(call.inputs)))
-        positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
-        return tuple(shares.get(i) for i in positions)
+        return self._per_input(call, known, operands, shares)
 
     def gradient_form(self, module):
         """:meth:`gradient`."""
@@ -447,14 +441,9 @@ class Product(Rule):
 
     def gradient(self, call, grad_outputs):
         """``w_A J_A^T (G O / stab(O))`` per operand: its relevance divided by the operand."""
-        from zplug.functional_layers import MatMul, Mul
-
         grad = _relevance_out(call, grad_outputs, self.name)
         module = call.module
-        known = isinstance(module, (MatMul, Mul)) and not call.kwargs
-        operands = call.args if known else call.inputs
-        carriers = [i for i, operand in enumerate(operands) if _carries(operand)]
-        weights = self._weights(module, carriers)
+        known, operands, weights = self._operands(call)
         scaled = _stabilize.gradient_scaled(grad, self.epsilon, call.output)
         grads: dict[int, torch.Tensor] = {}
         if weights and known:
@@ -467,10 +456,7 @@ class Product(Rule):
         elif weights:
             transposed = call.op.transpose(scaled, call.inputs, call.params())
             grads = {i: transposed[i] if w == 1 else transposed[i] * w for i, w in weights.items()}
-        if not known:
-            return tuple(grads.get(i) for i in range(len(call.inputs)))
-        positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
-        return tuple(grads.get(i) for i in positions)
+        return self._per_input(call, known, operands, grads)
 
     def receivers(self, module, inputs):
         """With ``to="value"`` on a matrix or element-wise product: the value operand only (see :meth:`_weights`)."""
@@ -481,10 +467,35 @@ class Product(Rule):
         return tuple(self._weights(module, [i for i, operand in enumerate(inputs) if _carries(operand)]))
 
     def _weights(self, module, carriers: list[int]) -> dict[int, float]:
-        if len(carriers) <= 1 or self.to == "all":
-            return {i: 1.0 / len(carriers) for i in carriers}
-        value = getattr(module, "value", None)
-        return {value: 1.0} if value in carriers else {}
+        return product_weights(carriers, getattr(module, "value", None), self.to)
+
+    def _operands(self, call) -> tuple[bool, tuple, dict[int, float]]:
+        """``(known, operands, weights)``: a MatMul/Mul call's own arguments (else its inputs) and their weights."""
+        from zplug.functional_layers import MatMul, Mul
+
+        known = isinstance(call.module, (MatMul, Mul)) and not call.kwargs
+        operands = call.args if known else call.inputs
+        carriers = [i for i, operand in enumerate(operands) if _carries(operand)]
+        return known, operands, self._weights(call.module, carriers)
+
+    @staticmethod
+    def _per_input(call, known: bool, operands: tuple, found: dict[int, torch.Tensor]) -> tuple:
+        """``found`` (by operand position) as one entry per tensor input of the call."""
+        if not known:
+            return tuple(found.get(i) for i in range(len(call.inputs)))
+        positions = [i for i, a in enumerate(operands) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        return tuple(found.get(i) for i in positions)
+
+
+def product_weights(carriers: list[int], value: int | None, to: str) -> dict[int, float]:
+    """The product rule's weight of each operand that carries relevance (positions ``carriers``).
+
+    ``1/n`` each with ``to="all"`` or a single carrier; with ``to="value"`` 1 for the value operand (if it
+    carries), nothing for the others.
+    """
+    if len(carriers) <= 1 or to == "all":
+        return {i: 1.0 / len(carriers) for i in carriers}
+    return {value: 1.0} if value in carriers else {}
 
 
 __all__ = ("FrozenScale", "Product", "Softmax", "frozen_functions")
